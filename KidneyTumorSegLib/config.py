@@ -1,0 +1,133 @@
+"""Model configuration: the three networks, their working grids and the preprocessing.
+
+The whole configuration travels in the weights header, so training and inference always agree on
+HU window, spacing, patch size and network shape. ``paper()`` is the configuration of Qiao, Zhao &
+Liu; a bundled set may use reduced widths and a coarser grid, and the pipeline honours whatever the
+header says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class PreprocessConfig:
+    """HU window and normalisation.
+
+    Reading of the paper's "350 HU threshold": the paper says values beyond the threshold are set to
+    a constant, which cannot mean that all soft tissue below 350 HU becomes zero (kidney and tumour
+    would vanish). We read it as an upper clip at 350 HU (contrast-filled collecting system, bone and
+    calcification saturate) with a configurable lower clip, then a linear map of [hu_min, hu_max]
+    onto [0, 1].
+    """
+
+    hu_min: float = -200.0
+    hu_max: float = 350.0
+
+
+@dataclass
+class LocaliserGridConfig:
+    """The grid both 2D localisers work on: canonical axial slices at ``spacing_mm`` (x, y, z)."""
+
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass
+class ZLocaliserConfig:
+    """ResNet34-topology slice classifier: kidney present in this axial slice or not."""
+
+    width: int = 64  # channels of the first stage (ResNet34: 64-128-256-512)
+    blocks: tuple[int, ...] = (3, 4, 6, 3)
+    context_slices: int = 1  # neighbours on each side stacked as channels (1 -> 3 channels)
+    threshold: float = 0.5
+    smoothing_mm: float = 6.0  # Gaussian smoothing of the per-slice probability along z
+    margin_mm: float = 10.0  # added above and below the detected z-range
+
+    @property
+    def in_channels(self) -> int:
+        return 2 * self.context_slices + 1
+
+
+@dataclass
+class XYLocaliserConfig:
+    """2D U-Net on axial slices: a kidney mask from which one box per kidney is taken."""
+
+    width: int = 32
+    depth: int = 4  # number of down-samplings
+    threshold: float = 0.5
+    margin_mm: float = 10.0
+    min_component_ml: float = 5.0  # smaller blobs are not kidneys
+
+
+@dataclass
+class SegmenterConfig:
+    """3D encoder-decoder of multiple-scale residual blocks (MRB)."""
+
+    width: int = 16  # channels at the first level; doubled at every level
+    depth: int = 4  # number of resolution levels
+    mrb_convs: int = 3  # 3x3x3 convolutions in each block's cascade
+    deep_paths: bool = True  # transposed-conv paths from deeper levels into shallower decoders
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    patch_size_xyz: tuple[int, int, int] = (128, 128, 80)
+    overlap: float = 0.5
+    kidney_threshold: float = 0.5
+    tumour_threshold: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    localiser_grid: LocaliserGridConfig = field(default_factory=LocaliserGridConfig)
+    z_localiser: ZLocaliserConfig = field(default_factory=ZLocaliserConfig)
+    xy_localiser: XYLocaliserConfig = field(default_factory=XYLocaliserConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+
+    @classmethod
+    def paper(cls) -> ModelConfig:
+        """Qiao, Zhao & Liu's configuration: 1 mm everywhere, ResNet34 at full width."""
+        return cls()
+
+    @classmethod
+    def compact(cls) -> ModelConfig:
+        """Reduced widths and coarser grids, trainable on a CPU; the bundled default shape."""
+        return cls(
+            localiser_grid=LocaliserGridConfig(spacing_mm=(4.0, 4.0, 4.0)),
+            z_localiser=ZLocaliserConfig(width=16),
+            xy_localiser=XYLocaliserConfig(width=16),
+            segmenter=SegmenterConfig(
+                width=16, depth=4, spacing_mm=(2.0, 2.0, 2.0), patch_size_xyz=(64, 64, 40)
+            ),
+        )
+
+    @classmethod
+    def tiny(cls) -> ModelConfig:
+        """Smallest working shape, for tests: every stage runs in milliseconds."""
+        return cls(
+            localiser_grid=LocaliserGridConfig(spacing_mm=(6.0, 6.0, 6.0)),
+            z_localiser=ZLocaliserConfig(width=4, blocks=(1, 1, 1, 1)),
+            xy_localiser=XYLocaliserConfig(width=4, depth=3),
+            segmenter=SegmenterConfig(
+                width=4, depth=3, mrb_convs=2, spacing_mm=(4.0, 4.0, 4.0), patch_size_xyz=(32, 32, 20)
+            ),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """Build from a header dict; unknown keys are refused so a mismatch is never silent."""
+        parts = {}
+        for f in fields(cls):
+            sub_cls = f.default_factory().__class__  # type: ignore[misc]
+            raw = dict(data.get(f.name, {}))
+            known = {sf.name for sf in fields(sub_cls)}
+            unknown = set(raw) - known
+            if unknown:
+                raise ValueError(f"unknown {f.name} settings: {sorted(unknown)}")
+            for key, value in raw.items():
+                if isinstance(value, list):
+                    raw[key] = tuple(value)
+            parts[f.name] = sub_cls(**raw)
+        return cls(**parts)

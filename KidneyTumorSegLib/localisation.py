@@ -1,0 +1,113 @@
+"""From the localisers' outputs to where the kidneys are: a z-range, then one box per kidney.
+
+Both functions work on canonical grids (identity direction), in voxel indices (z, y, x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .config import XYLocaliserConfig, ZLocaliserConfig
+
+
+@dataclass(frozen=True)
+class Box:
+    """A half-open voxel box ``[lo, hi)`` in (z, y, x) on some canonical grid."""
+
+    lo: tuple[int, int, int]
+    hi: tuple[int, int, int]
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        return tuple(h - lo for lo, h in zip(self.lo, self.hi))
+
+    @property
+    def centre(self) -> np.ndarray:
+        return (np.asarray(self.lo) + np.asarray(self.hi)) / 2.0
+
+    def to_physical(self, spacing_xyz, origin_xyz) -> tuple[np.ndarray, np.ndarray]:
+        """LPS corners (min, max) of the box's voxel centres on an identity-direction grid."""
+        sp = np.asarray(spacing_xyz)
+        org = np.asarray(origin_xyz)
+        lo = org + sp * np.asarray(self.lo[::-1], dtype=float)
+        hi = org + sp * (np.asarray(self.hi[::-1], dtype=float) - 1)
+        return lo, hi
+
+
+def z_range(slice_probs: np.ndarray, spacing_z: float, cfg: ZLocaliserConfig) -> tuple[int, int] | None:
+    """The z-range ``[k0, k1)`` of the kidneys from per-slice probabilities, or None.
+
+    The probabilities are smoothed along z (single-slice false alarms vanish), thresholded, and the
+    runs above threshold that lie close together are merged; the run holding the most probability
+    mass is kept, so a false alarm in the chest or pelvis does not stretch the range.
+    """
+    probs = np.asarray(slice_probs, dtype=np.float64)
+    if probs.size == 0:
+        return None
+    sigma = cfg.smoothing_mm / spacing_z
+    smooth = ndimage.gaussian_filter1d(probs, sigma, mode="nearest") if sigma > 0.3 else probs
+    above = smooth >= cfg.threshold
+    if not above.any():
+        return None
+    gap = max(1, int(round(20.0 / spacing_z)))  # runs closer than 2 cm belong together
+    closed = ndimage.binary_closing(above, structure=np.ones(2 * gap + 1)) | above
+    runs, n = ndimage.label(closed)
+    mass = ndimage.sum(smooth, runs, index=np.arange(1, n + 1))
+    best = int(np.argmax(mass)) + 1
+    ks = np.nonzero(runs == best)[0]
+    margin = int(round(cfg.margin_mm / spacing_z))
+    return max(0, int(ks[0]) - margin), min(probs.size, int(ks[-1]) + 1 + margin)
+
+
+def kidney_boxes(mask: np.ndarray, spacing_xyz, cfg: XYLocaliserConfig, max_kidneys: int = 2) -> list[Box]:
+    """One box per kidney from a 3D stack of 2D kidney masks (z, y, x).
+
+    Connected components smaller than ``min_component_ml`` are dropped; the largest ``max_kidneys``
+    are kept (one works: single kidneys and nephrectomies are common), each grown by ``margin_mm``.
+    Components whose boxes overlap heavily (a horseshoe kidney) are merged into one box.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return []
+    labels, n = ndimage.label(mask)
+    voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
+    sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1)) * voxel_ml
+    order = [i + 1 for i in np.argsort(sizes)[::-1] if sizes[i] >= cfg.min_component_ml][:max_kidneys]
+    objects = ndimage.find_objects(labels)
+    margin = [int(np.ceil(cfg.margin_mm / s)) for s in spacing_xyz[::-1]]
+    boxes = []
+    for idx in order:
+        sl = objects[idx - 1]
+        lo = tuple(max(0, s.start - m) for s, m in zip(sl, margin))
+        hi = tuple(min(dim, s.stop + m) for s, m, dim in zip(sl, margin, mask.shape))
+        boxes.append(Box(lo, hi))
+    return _merge_overlapping(boxes)
+
+
+def _overlap_fraction(a: Box, b: Box) -> float:
+    inter = np.prod([max(0, min(ah, bh) - max(al, bl)) for al, ah, bl, bh in zip(a.lo, a.hi, b.lo, b.hi)])
+    smaller = min(np.prod(a.size), np.prod(b.size))
+    return float(inter) / float(smaller) if smaller else 0.0
+
+
+def _merge_overlapping(boxes: list[Box], threshold: float = 0.5) -> list[Box]:
+    merged = list(boxes)
+    changed = True
+    while changed and len(merged) > 1:
+        changed = False
+        for i in range(len(merged)):
+            for j in range(i + 1, len(merged)):
+                if _overlap_fraction(merged[i], merged[j]) >= threshold:
+                    a, b = merged[i], merged.pop(j)
+                    merged[i] = Box(
+                        tuple(min(x, y) for x, y in zip(a.lo, b.lo)),
+                        tuple(max(x, y) for x, y in zip(a.hi, b.hi)),
+                    )
+                    changed = True
+                    break
+            if changed:
+                break
+    return merged

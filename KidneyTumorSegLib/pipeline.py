@@ -1,0 +1,244 @@
+"""The engine: a CT volume in, kidney and tumour labels on the CT's own grid out.
+
+It only composes the stages (each a plain function elsewhere): input checks -> localiser grid ->
+z-localiser -> xy-localiser -> kidney boxes -> segmenter windows on a canvas around the boxes ->
+stitching -> post-processing -> labels back onto the input grid -> sides and measurements.
+Progress goes through a callback; cancellation through an event checked between batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import localisation, patches, postprocess, preprocess
+from .checks import check_ct_volume
+from .device import autocast, free_cuda_memory, is_out_of_memory, resolve_device
+from .errors import Cancelled
+from .measure import side_measurements
+from .volume import Volume
+from .weights import Bundle, load_bundle, networks_from_bundle
+
+log = logging.getLogger("KidneyTumorSeg")
+Progress = Callable[[float, str], None]
+
+NO_KIDNEY = "No kidney was found in this scan; the result is empty."
+
+
+@dataclass
+class SegmentationResult:
+    labels: Volume  # uint8 0/1/2 on the input grid
+    structures: dict[str, np.ndarray]  # kidney_right, tumour_left, ... on the input grid
+    report: dict = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not bool(self.structures)
+
+
+class _Clock:
+    """Wall time per stage, for the report and the benchmarks."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = round(self.times.get(name, 0.0) + now - self._t0, 4)
+        self._t0 = now
+
+
+class Pipeline:
+    """Runs the three networks of a weights bundle on one device."""
+
+    def __init__(self, bundle: Bundle, device: str = "auto", allow_non_ct: bool = False, batch_size: int = 16):
+        self.bundle = bundle
+        self.config = bundle.config
+        self.device = resolve_device(device)
+        self.allow_non_ct = allow_non_ct
+        self.batch_size = batch_size
+        self.nets = networks_from_bundle(bundle)
+        for net in self.nets.values():
+            net.to(self.device)
+
+    @classmethod
+    def from_weights(cls, weights=None, device: str = "auto", **kwargs) -> Pipeline:
+        """``weights``: a Bundle, a file path, or None for the bundled weights."""
+        bundle = weights if isinstance(weights, Bundle) else load_bundle(weights)
+        return cls(bundle, device=device, **kwargs)
+
+    # --- network calls with CUDA out-of-memory fallback -----------------------------------------
+    def _forward(self, name: str, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        for attempt in range(2):
+            try:
+                with torch.inference_mode(), autocast(self.device):
+                    x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+                    return torch.sigmoid(self.nets[name](x).float()).cpu().numpy()
+            except RuntimeError as err:
+                if attempt == 0 and self.device.type == "cuda" and is_out_of_memory(err):
+                    log.warning("The GPU ran out of memory; continuing on the CPU, which is slower.")
+                    self._warnings.append("GPU out of memory: the run continued on the CPU.")
+                    free_cuda_memory()
+                    self.device = resolve_device("cpu")
+                    for net in self.nets.values():
+                        net.to(self.device)
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def _batches(self, n: int, size: int):
+        for start in range(0, n, size):
+            self._check_cancel()
+            yield start, min(n, start + size)
+
+    def _check_cancel(self) -> None:
+        if self._cancel is not None and self._cancel.is_set():
+            raise Cancelled("The segmentation was cancelled; nothing was written.")
+
+    # --- stages ---------------------------------------------------------------------------------
+    def _z_probabilities(self, loc: np.ndarray) -> np.ndarray:
+        c = self.config.z_localiser.context_slices
+        nz = loc.shape[0]
+        probs = np.zeros(nz, np.float32)
+        for a, b in self._batches(nz, self.batch_size):
+            idx = np.clip(np.arange(a, b)[:, None] + np.arange(-c, c + 1)[None, :], 0, nz - 1)
+            probs[a:b] = self._forward("z_localiser", loc[idx]).reshape(-1)
+        return probs
+
+    def _xy_mask(self, loc: np.ndarray, k0: int, k1: int) -> np.ndarray:
+        mask = np.zeros(loc.shape, bool)
+        thr = self.config.xy_localiser.threshold
+        for a, b in self._batches(k1 - k0, self.batch_size):
+            out = self._forward("xy_localiser", loc[k0 + a : k0 + b, None])
+            mask[k0 + a : k0 + b] = out[:, 0] >= thr
+        return mask
+
+    def _segment_boxes(self, volume: Volume, loc_grid: Volume, boxes, progress: Progress):
+        """Probabilities (2, z, y, x) on a canvas around the boxes, and the canvas geometry."""
+        cfg = self.config.segmenter
+        seg_sp = np.asarray(cfg.spacing_mm, dtype=float)
+        patch = tuple(cfg.patch_size_xyz[::-1])
+        # Express every box on a segmenter grid anchored at the first box's physical corner.
+        phys = [b.to_physical(loc_grid.spacing, loc_grid.origin) for b in boxes]
+        anchor = np.min([lo for lo, _ in phys], axis=0)
+        seg_boxes = []
+        for lo, hi in phys:
+            lo_i = np.floor((lo - anchor) / seg_sp).astype(int)[::-1]
+            hi_i = np.ceil((hi - anchor) / seg_sp).astype(int)[::-1] + 1
+            seg_boxes.append(localisation.Box(tuple(lo_i), tuple(hi_i)))
+        starts = patches.plan_windows(seg_boxes, patch, cfg.overlap)
+        lo_c = np.min(starts, axis=0)
+        hi_c = np.max(starts, axis=0) + np.asarray(patch)
+        origin = anchor + lo_c[::-1] * seg_sp
+        canvas = preprocess.resample_box(volume, origin, tuple((hi_c - lo_c)[::-1]), tuple(seg_sp))
+        canvas_img = preprocess.normalise_hu(canvas.array, self.config.preprocess)
+        self._clock.lap("preprocess")
+        stitcher = patches.Stitcher(2, canvas_img.shape, patch)
+        local = [tuple(np.asarray(s) - lo_c) for s in starts]
+        bs = 2 if self.device.type == "cuda" else 1
+        for i, (a, b) in enumerate(self._batches(len(local), bs)):
+            batch = np.stack([patches.extract(canvas_img, s, patch)[None] for s in local[a:b]])
+            pred = self._forward("segmenter", batch)
+            self._clock.lap("segmenter")
+            for s, p in zip(local[a:b], pred):
+                stitcher.add(s, p)
+            self._clock.lap("stitching")
+            progress(0.4 + 0.45 * (i + 1) * bs / max(1, len(local)), f"Segmenting window {b} of {len(local)}")
+        probs = stitcher.result()
+        self._clock.lap("stitching")
+        return probs, canvas
+
+    def _back_to_input(self, labels: np.ndarray, canvas: Volume, volume: Volume) -> np.ndarray:
+        """Region and tumour masks resampled (trilinear, threshold 0.5) onto the input grid.
+
+        Only the input voxels under the canvas are resampled, which keeps this cheap on big scans.
+        """
+        nz, ny, nx = canvas.array.shape
+        corners = np.array([[i, j, k] for i in (0, nx - 1) for j in (0, ny - 1) for k in (0, nz - 1)], float)
+        ijk = volume.physical_to_index(canvas.index_to_physical(corners))
+        lo = np.clip(np.floor(ijk.min(0)).astype(int) - 1, 0, None)
+        hi = np.minimum(np.ceil(ijk.max(0)).astype(int) + 2, volume.size_xyz)
+        out = np.zeros(volume.array.shape, np.uint8)
+        if np.any(hi <= lo):
+            return out
+        sub_origin = volume.index_to_physical(lo.astype(float))
+        sub = Volume(
+            np.zeros(tuple((hi - lo)[::-1]), np.uint8), volume.spacing, sub_origin, volume.direction
+        )
+        sl = tuple(slice(a, b) for a, b in zip(lo[::-1], hi[::-1]))
+        for value, mask in ((1, labels > 0), (2, labels == 2)):
+            m = canvas.with_array(mask.astype(np.float32))
+            back = preprocess.resample_onto(m, sub, "linear", 0.0).array >= 0.5
+            out[sl][back] = value
+        return out
+
+    # --- the whole job --------------------------------------------------------------------------
+    def run(self, volume: Volume, progress: Progress | None = None, cancel=None) -> SegmentationResult:
+        progress = progress or (lambda f, m: None)
+        self._cancel = cancel
+        self._warnings: list[str] = []
+        self._clock = _Clock()
+        cfg = self.config
+        self._warnings += check_ct_volume(volume, allow_non_ct=self.allow_non_ct)
+        progress(0.0, "Preparing the image")
+
+        loc_hu = preprocess.to_canonical(volume, cfg.localiser_grid.spacing_mm)
+        loc = preprocess.normalise_hu(loc_hu.array, cfg.preprocess)
+        self._clock.lap("preprocess")
+        progress(0.1, "Finding the kidneys' slices")
+
+        zprobs = self._z_probabilities(loc)
+        zr = localisation.z_range(zprobs, loc_hu.spacing[2], cfg.z_localiser)
+        self._clock.lap("z_localiser")
+        boxes = []
+        if zr is not None:
+            progress(0.25, "Finding the kidneys in the slices")
+            mask = self._xy_mask(loc, *zr)
+            boxes = localisation.kidney_boxes(mask, loc_hu.spacing, cfg.xy_localiser)
+            self._clock.lap("xy_localiser")
+        labels = np.zeros(volume.array.shape, np.uint8)
+        if boxes:
+            progress(0.4, f"Segmenting {len(boxes)} kidney region(s)")
+            probs, canvas = self._segment_boxes(volume, loc_hu, boxes, progress)
+            self._check_cancel()
+            canvas_labels = postprocess.labels_from_probabilities(
+                probs[0],
+                probs[1],
+                canvas.voxel_volume_ml,
+                postprocess.PostprocessConfig(
+                    kidney_threshold=cfg.segmenter.kidney_threshold,
+                    tumour_threshold=cfg.segmenter.tumour_threshold,
+                    min_kidney_ml=cfg.xy_localiser.min_component_ml,
+                ),
+            )
+            self._clock.lap("postprocess")
+            progress(0.9, "Bringing the labels back onto the scan's grid")
+            labels = self._back_to_input(canvas_labels, canvas, volume)
+            self._clock.lap("resample_back")
+        result_labels = volume.with_array(labels)
+        structures = postprocess.split_sides(result_labels, postprocess.body_midline_x(loc_hu))
+        self._clock.lap("postprocess")
+        if not structures:
+            self._warnings.append(NO_KIDNEY)
+            log.warning(NO_KIDNEY)
+        report = {
+            "sides": side_measurements(structures, result_labels),
+            "z_range_mm": None
+            if zr is None
+            else [round(loc_hu.origin[2] + k * loc_hu.spacing[2], 1) for k in (zr[0], zr[1] - 1)],
+            "kidney_boxes": len(boxes),
+            "timings_s": dict(self._clock.times),
+            "warnings": list(self._warnings),
+            "device": str(self.device),
+            "weights": self.bundle.header.get("provenance", {}).get("name", str(self.bundle.path or "seeded")),
+        }
+        report["timings_s"]["total"] = round(sum(report["timings_s"].values()), 4)
+        progress(1.0, "Done")
+        return SegmentationResult(result_labels, structures, report)

@@ -1,0 +1,95 @@
+"""Post-processing: from the segmenter's two probability maps to clean kidney/tumour labels.
+
+- a kidney is a connected component of the kidney-with-tumour region that holds real kidney tissue
+  of at least ``min_kidney_ml``; everything else (a tumour blob far from any kidney, speckle) goes;
+- tumour is kept only inside a kept kidney region (attached to it by construction);
+- sides come from each kidney's position relative to the body's midline (LPS: +x is the
+  patient's left).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .volume import Volume
+
+KIDNEY, TUMOUR = 1, 2
+SIDES = ("right", "left")
+
+
+@dataclass
+class PostprocessConfig:
+    kidney_threshold: float = 0.5
+    tumour_threshold: float = 0.5
+    min_kidney_ml: float = 5.0
+    min_tumour_ml: float = 0.05
+    max_kidneys: int = 2
+
+
+def labels_from_probabilities(
+    p_region: np.ndarray, p_tumour: np.ndarray, voxel_ml: float, cfg: PostprocessConfig | None = None
+) -> np.ndarray:
+    """uint8 labels (0/1/2) from the region and tumour probabilities on one grid."""
+    cfg = cfg or PostprocessConfig()
+    tumour = p_tumour >= cfg.tumour_threshold
+    region = (p_region >= cfg.kidney_threshold) | tumour
+    comps, n = ndimage.label(region)
+    if n == 0:
+        return np.zeros(region.shape, np.uint8)
+    index = np.arange(1, n + 1)
+    kidney_ml = ndimage.sum(region & ~tumour, comps, index) * voxel_ml
+    total_ml = ndimage.sum(region, comps, index) * voxel_ml
+    keep = [i for i in index if kidney_ml[i - 1] >= cfg.min_kidney_ml]
+    keep = sorted(keep, key=lambda i: -total_ml[i - 1])[: cfg.max_kidneys]
+    kept = np.isin(comps, keep)
+    labels = np.zeros(region.shape, np.uint8)
+    labels[kept] = KIDNEY
+    tumour &= kept
+    if tumour.any() and cfg.min_tumour_ml > 0:
+        tcomps, tn = ndimage.label(tumour)
+        tsize = ndimage.sum(tumour, tcomps, np.arange(1, tn + 1)) * voxel_ml
+        tumour = np.isin(tcomps, [i + 1 for i, s in enumerate(tsize) if s >= cfg.min_tumour_ml])
+    labels[tumour] = TUMOUR
+    return labels
+
+
+def body_midline_x(ct: Volume, threshold_hu: float = -500.0) -> float | None:
+    """LPS x of the body's midline: the centroid of body voxels (works on any grid)."""
+    body = ct.array > threshold_hu
+    if not body.any():
+        return None
+    zyx = np.argwhere(body[:: max(1, body.shape[0] // 16)])  # a few slices suffice
+    zyx[:, 0] *= max(1, body.shape[0] // 16)
+    centre = zyx.mean(axis=0)[::-1]
+    return float(ct.index_to_physical(centre)[0])
+
+
+def split_sides(labels: Volume, midline_x: float | None = None) -> dict[str, np.ndarray]:
+    """Masks per structure and side: ``kidney_right``, ``tumour_left``, ... (non-empty ones only).
+
+    Each connected kidney region (kidney + its tumour) is assigned to the side of the midline its
+    centroid lies on; without a midline, the centre of the volume stands in for it.
+    """
+    arr = labels.array
+    region = arr > 0
+    out: dict[str, np.ndarray] = {}
+    if not region.any():
+        return out
+    if midline_x is None:
+        lo, hi = labels.physical_bounds()
+        midline_x = float((lo[0] + hi[0]) / 2.0)
+    comps, n = ndimage.label(region)
+    centroids = ndimage.center_of_mass(region, comps, np.arange(1, n + 1))
+    for i, c in enumerate(centroids, start=1):
+        x = float(labels.index_to_physical(np.asarray(c)[::-1])[0])
+        side = "left" if x > midline_x else "right"
+        comp = comps == i
+        for name, value in (("kidney", KIDNEY), ("tumour", TUMOUR)):
+            part = comp & (arr == value)
+            if part.any():
+                key = f"{name}_{side}"
+                out[key] = out[key] | part if key in out else part
+    return out

@@ -1,0 +1,94 @@
+"""Localisation (z-range, kidney boxes), patch coverage and Gaussian stitching."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from KidneyTumorSegLib.config import XYLocaliserConfig, ZLocaliserConfig
+from KidneyTumorSegLib.localisation import Box, kidney_boxes, z_range
+from KidneyTumorSegLib.patches import Stitcher, axis_starts, extract, gaussian_weights, plan_windows
+
+
+def test_z_range_keeps_the_kidney_run_and_ignores_a_far_false_alarm():
+    probs = np.zeros(100)
+    probs[40:60] = 0.9
+    probs[5] = 1.0  # one-slice false alarm in the chest
+    cfg = ZLocaliserConfig(smoothing_mm=4.0, margin_mm=10.0, threshold=0.5)
+    k0, k1 = z_range(probs, spacing_z=2.0, cfg=cfg)
+    assert (k0, k1) == (40 - 5, 60 + 5)
+
+
+def test_z_range_is_none_without_kidney():
+    assert z_range(np.full(50, 0.1), 2.0, ZLocaliserConfig()) is None
+
+
+def test_kidney_boxes_one_per_kidney_and_single_kidney_works():
+    mask = np.zeros((30, 60, 60), bool)
+    mask[10:20, 20:35, 5:15] = True  # right kidney (low x)
+    mask[12:22, 20:35, 40:52] = True  # left kidney
+    mask[0:2, 0:2, 58:60] = True  # speck, too small
+    cfg = XYLocaliserConfig(margin_mm=2.0, min_component_ml=0.5)
+    boxes = kidney_boxes(mask, (2.0, 2.0, 2.0), cfg)
+    assert len(boxes) == 2
+    assert sorted(b.lo[2] for b in boxes) == [4, 39]
+    one = kidney_boxes(mask[:, :, :30], (2.0, 2.0, 2.0), cfg)
+    assert len(one) == 1 and one[0].lo == (9, 19, 4) and one[0].hi == (21, 36, 16)
+    assert kidney_boxes(np.zeros_like(mask), (2.0, 2.0, 2.0), cfg) == []
+
+
+@pytest.mark.parametrize("lo,hi,patch,overlap", [(0, 10, 32, 0.5), (5, 200, 64, 0.5), (-3, 81, 40, 0.25), (0, 64, 64, 0.5)])
+def test_axis_starts_cover_the_range(lo, hi, patch, overlap):
+    starts = axis_starts(lo, hi, patch, overlap)
+    covered = np.zeros(hi - lo, bool)
+    for s in starts:
+        covered[max(0, s - lo) : max(0, s + patch - lo)] = True
+    assert covered.all()
+    if hi - lo <= patch:  # a small box gets one centred window
+        assert len(starts) == 1 and abs((starts[0] + patch / 2) - (lo + hi) / 2) <= 0.5
+    else:
+        steps = np.diff(starts)
+        assert steps.max() <= patch * (1 - overlap) + 1
+
+
+def test_windows_cover_any_box():
+    rng = np.random.default_rng(0)
+    patch = (20, 32, 32)
+    for _ in range(20):
+        lo = rng.integers(-5, 30, 3)
+        size = rng.integers(1, 90, 3)
+        box = Box(tuple(int(v) for v in lo), tuple(int(v) for v in lo + size))
+        starts = plan_windows([box], patch, 0.5)
+        covered = np.zeros(tuple(size), bool)
+        for s in starts:
+            sl = tuple(slice(max(0, a - b), max(0, a - b + p)) for a, b, p in zip(s, box.lo, patch))
+            covered[sl] = True
+        assert covered.all()
+
+
+def test_extract_pads_outside_the_array():
+    arr = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    win = extract(arr, (-2, 1, 4), (4, 3, 4), fill=-1)
+    assert win.shape == (4, 3, 4)
+    np.testing.assert_array_equal(win[2:, :, :2], arr[0:2, 1:4, 4:6])
+    assert (win[:2] == -1).all() and (win[:, :, 2:] == -1).all()
+
+
+def test_stitching_a_constant_field_gives_the_constant_everywhere_covered():
+    canvas = (30, 50, 40)
+    patch = (16, 24, 24)
+    st = Stitcher(2, canvas, patch)
+    starts = [s for s in itertools.product(*[axis_starts(0, c, p, 0.5) for c, p in zip(canvas, patch)])]
+    for s in starts:
+        st.add(s, np.stack([np.full(patch, 0.25, np.float32), np.full(patch, 0.75, np.float32)]))
+    out = st.result()
+    np.testing.assert_allclose(out[0], 0.25, rtol=1e-5)
+    np.testing.assert_allclose(out[1], 0.75, rtol=1e-5)
+
+
+def test_gaussian_weights_peak_in_the_centre():
+    w = gaussian_weights((9, 11, 13))
+    assert w[4, 5, 6] == w.max() == 1.0
+    assert w[0, 0, 0] < w[4, 5, 6] and w.min() > 0

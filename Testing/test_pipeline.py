@@ -1,0 +1,109 @@
+"""The engine's mechanics on deterministic inputs.
+
+The networks here are real modules whose output heads are set by hand (weights 0, bias +-10), so
+each stage's decision is known exactly: "kidney everywhere" or "no kidney anywhere". What is
+checked is what the pipeline does with those decisions: grids, boxes, stitching, post-processing,
+sides, report, progress, cancellation, errors.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from KidneyTumorSegLib.config import ModelConfig
+from KidneyTumorSegLib.errors import Cancelled, DeviceError, InputError, NotCTError
+from KidneyTumorSegLib.pipeline import NO_KIDNEY, Pipeline
+from KidneyTumorSegLib.volume import Volume
+from KidneyTumorSegLib.weights import seeded_bundle
+
+from .test_geometry import OBLIQUE_FLIPPED
+
+
+def bundle_with_heads(z: float, xy: float, region: float, tumour: float):
+    b = seeded_bundle(ModelConfig.tiny(), seed=0)
+    for net, biases in (("z_localiser", [z]), ("xy_localiser", [xy]), ("segmenter", [region, tumour])):
+        sd = b.state_dicts[net]
+        sd["head.weight"] = torch.zeros_like(sd["head.weight"])
+        sd["head.bias"] = torch.tensor(biases, dtype=sd["head.bias"].dtype)
+    return b
+
+
+def body_ct(direction=None, spacing=(1.6, 1.6, 4.0), shape=(36, 80, 90)) -> Volume:
+    """An elliptical soft-tissue body in air, HU-like, deterministic."""
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    body = ((yy - shape[1] / 2) / (shape[1] * 0.4)) ** 2 + ((xx - shape[2] / 2) / (shape[2] * 0.45)) ** 2 <= 1
+    arr = np.where(body, 40.0 + 30.0 * np.sin(xx / 3.0) * np.cos(yy / 5.0), -1000.0).astype(np.float32)
+    return Volume(arr, spacing, (-70.0, -60.0, 100.0), np.eye(3) if direction is None else direction)
+
+
+def test_no_kidney_gives_an_empty_result_and_a_clear_warning():
+    result = Pipeline(bundle_with_heads(-10, -10, -10, -10), device="cpu").run(body_ct())
+    assert result.empty and not result.labels.array.any()
+    assert NO_KIDNEY in result.report["warnings"]
+    assert result.report["sides"] == {}
+
+
+def test_labels_land_on_the_input_grid_for_an_oblique_flipped_anisotropic_scan():
+    ct = body_ct(direction=OBLIQUE_FLIPPED, spacing=(1.3, 1.7, 4.5))
+    result = Pipeline(bundle_with_heads(10, 10, 10, -10), device="cpu").run(ct)
+    assert result.labels.same_grid(ct)
+    assert result.labels.array.dtype == np.uint8
+    # Localisers say "kidney everywhere", the segmenter says "kidney, no tumour": the whole scan
+    # (within the localiser margin) is one kidney region and nothing is tumour.
+    assert set(np.unique(result.labels.array)) == {1}
+    assert result.report["kidney_boxes"] == 1
+    side = next(iter(result.report["sides"].values()))
+    assert side["tumour_ml"] == 0
+    assert side["kidney_ml"] == pytest.approx(ct.array.size * ct.voxel_volume_ml, rel=1e-3)
+
+
+def test_tumour_everywhere_is_labelled_tumour_and_measured():
+    ct = body_ct()
+    result = Pipeline(bundle_with_heads(10, 10, 10, 10), device="cpu").run(ct)
+    # A region of pure tumour holds no kidney tissue, so post-processing drops it: no kidney.
+    assert result.empty
+
+
+def test_runs_are_deterministic_and_progress_is_monotonic():
+    ct = body_ct()
+    pipe = Pipeline(seeded_bundle(ModelConfig.tiny(), seed=1), device="cpu")
+    seen = []
+    a = pipe.run(ct, progress=lambda f, m: seen.append(f))
+    b = pipe.run(ct)
+    np.testing.assert_array_equal(a.labels.array, b.labels.array)
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    assert set(a.report["timings_s"]) >= {"preprocess", "z_localiser", "total"}
+
+
+def test_cancel_stops_the_run():
+    event = threading.Event()
+    event.set()
+    with pytest.raises(Cancelled):
+        Pipeline(bundle_with_heads(10, 10, 10, -10), device="cpu").run(body_ct(), cancel=event)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(DeviceError, match="CUDA"):
+        Pipeline(seeded_bundle(ModelConfig.tiny()), device="cuda")
+
+
+def test_mr_like_intensities_are_refused_unless_allowed():
+    ct = body_ct()
+    mr = ct.with_array(np.where(ct.array < -500, 0.0, ct.array + 300.0).astype(np.float32))
+    pipe = Pipeline(bundle_with_heads(-10, -10, -10, -10), device="cpu")
+    with pytest.raises(NotCTError, match="Hounsfield"):
+        pipe.run(mr)
+    pipe.allow_non_ct = True
+    assert any("Hounsfield" in w for w in pipe.run(mr).report["warnings"])
+
+
+def test_constant_image_is_refused():
+    ct = body_ct()
+    with pytest.raises(InputError, match="constant"):
+        Pipeline(bundle_with_heads(-10, -10, -10, -10), device="cpu").run(ct.with_array(np.zeros_like(ct.array)))

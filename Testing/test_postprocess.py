@@ -1,0 +1,74 @@
+"""Post-processing and measurements on probability maps where the right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from KidneyTumorSegLib.measure import largest_diameter_mm, side_measurements
+from KidneyTumorSegLib.postprocess import PostprocessConfig, labels_from_probabilities, split_sides
+from KidneyTumorSegLib.volume import Volume
+
+
+def ball(shape, centre, radius):
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius**2
+
+
+def test_kidney_with_tumour_kept_far_tumour_blob_and_speckle_dropped():
+    shape = (40, 60, 80)
+    kidney = ball(shape, (20, 30, 20), 10)
+    tumour_in_kidney = ball(shape, (20, 30, 26), 5)
+    far_blob = ball(shape, (20, 30, 65), 6)  # tumour-like blob with no kidney around it
+    speck = ball(shape, (5, 5, 70), 1)
+    p_region = np.zeros(shape, np.float32)
+    p_region[kidney | far_blob | speck] = 0.9
+    p_tumour = np.zeros(shape, np.float32)
+    p_tumour[tumour_in_kidney | far_blob] = 0.9
+    labels = labels_from_probabilities(p_region, p_tumour, voxel_ml=0.008, cfg=PostprocessConfig(min_kidney_ml=1.0))
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert not labels[far_blob].any() and not labels[speck].any()
+    np.testing.assert_array_equal(labels == 2, tumour_in_kidney)  # its exophytic part stays too
+    np.testing.assert_array_equal(labels > 0, kidney | tumour_in_kidney)
+
+
+def test_no_kidney_gives_an_empty_result():
+    shape = (10, 10, 10)
+    labels = labels_from_probabilities(np.full(shape, 0.2, np.float32), np.zeros(shape, np.float32), 0.001)
+    assert not labels.any()
+
+
+def test_single_kidney_and_sides_follow_the_patient_not_the_array():
+    shape = (30, 40, 60)
+    arr = np.zeros(shape, np.uint8)
+    arr[ball(shape, (15, 20, 12), 6)] = 1  # low i
+    # With an x-flipped direction, low i is the patient's LEFT (LPS +x).
+    flipped = Volume(arr, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.diag([-1.0, 1.0, 1.0]))
+    assert set(split_sides(flipped, midline_x=-30.0)) == {"kidney_left"}
+    plain = Volume(arr, (1.0, 1.0, 1.0))
+    assert set(split_sides(plain, midline_x=30.0)) == {"kidney_right"}
+
+
+def test_two_kidneys_split_by_side_with_their_tumours():
+    shape = (30, 40, 80)
+    arr = np.zeros(shape, np.uint8)
+    arr[ball(shape, (15, 20, 15), 8)] = 1
+    arr[ball(shape, (15, 20, 65), 8)] = 1
+    arr[ball(shape, (15, 20, 68), 3)] = 2
+    s = split_sides(Volume(arr, (1.0, 1.0, 1.0)), midline_x=40.0)
+    assert set(s) == {"kidney_right", "kidney_left", "tumour_left"}
+    assert s["tumour_left"].sum() == (arr == 2).sum()
+
+
+def test_measurements_match_known_geometry():
+    shape = (40, 40, 40)
+    spacing = (0.5, 0.5, 2.0)  # anisotropic: the diameter must be measured in mm
+    arr = np.zeros(shape, np.uint8)
+    # A box tumour 20 voxels in x (10 mm), 10 in y (5 mm), 6 in z (12 mm); diagonal between centres:
+    arr[10:16, 10:20, 10:30] = 2
+    grid = Volume(arr, spacing)
+    d = largest_diameter_mm(arr == 2, grid)
+    expected = np.sqrt((19 * 0.5) ** 2 + (9 * 0.5) ** 2 + (5 * 2.0) ** 2)
+    assert abs(d - expected) < 1e-6
+    m = side_measurements({"tumour_left": arr == 2, "kidney_left": np.zeros(shape, bool)}, grid)
+    assert m["left"]["tumour_ml"] == round(6 * 10 * 20 * 0.5 * 0.5 * 2.0 / 1000, 2)
+    assert m["left"]["tumour_count"] == 1 and "right" not in m

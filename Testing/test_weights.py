@@ -1,0 +1,121 @@
+"""Weights bundles: round trip, and rejection of missing, truncated, tampered or foreign files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from KidneyTumorSegLib.config import ModelConfig
+from KidneyTumorSegLib.errors import WeightsError
+from KidneyTumorSegLib.weights import load_bundle, networks_from_bundle, save_bundle, seeded_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle_file(tmp_path_factory):
+    b = seeded_bundle(ModelConfig.tiny(), seed=3)
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_bundle(path, b.config, b.state_dicts, provenance={"name": "test"}, metrics={"dice": 0.5})
+    return path, b
+
+
+def test_round_trip_gives_identical_networks(bundle_file):
+    path, original = bundle_file
+    loaded = load_bundle(path)
+    assert loaded.config == original.config
+    assert loaded.header["provenance"]["name"] == "test"
+    a = networks_from_bundle(original)["segmenter"]
+    b = networks_from_bundle(loaded)["segmenter"]
+    x = torch.randn(1, 1, 20, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(a(x), b(x))
+
+
+def test_half_precision_bundle_loads_close(tmp_path, bundle_file):
+    _, original = bundle_file
+    path = save_bundle(tmp_path / "half.safetensors", original.config, original.state_dicts, half=True)
+    assert path.stat().st_size < bundle_file[0].stat().st_size
+    loaded = load_bundle(path)
+    for k, v in original.state_dicts["z_localiser"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(loaded.state_dicts["z_localiser"][k], v.float(), atol=2e-3, rtol=2e-3)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_bundle(tmp_path / "nope.safetensors")
+
+
+def test_truncated_file_is_rejected(tmp_path, bundle_file):
+    data = bundle_file[0].read_bytes()
+    for cut in (5, 100, len(data) // 2, len(data) - 10):
+        bad = tmp_path / f"cut{cut}.safetensors"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(WeightsError, match=str(bad)):
+            load_bundle(bad)
+
+
+def test_tampered_tensor_bytes_fail_the_checksum(tmp_path, bundle_file):
+    data = bytearray(bundle_file[0].read_bytes())
+    data[-4] ^= 0xFF  # flip bits inside the last tensor
+    bad = tmp_path / "tampered.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="checksum"):
+        load_bundle(bad)
+
+
+def test_incompatible_version_and_configuration_are_named(tmp_path, bundle_file):
+    path, original = bundle_file
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["kidney_tumor_seg"])
+
+    def rewrite(new_meta, name):
+        header["__metadata__"]["kidney_tumor_seg"] = json.dumps(new_meta)
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        out = tmp_path / name
+        out.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+        return out
+
+    with pytest.raises(WeightsError, match="format version 99"):
+        load_bundle(rewrite({**meta, "format_version": 99}, "v99.safetensors"))
+    wrong = json.loads(json.dumps(meta))
+    wrong["config"]["segmenter"]["width"] = 8
+    with pytest.raises(WeightsError, match="do not match"):
+        networks_from_bundle(load_bundle(rewrite(wrong, "width.safetensors")))
+
+
+class _Boom:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED_BY_PICKLE",))
+
+
+@pytest.mark.parametrize("name", ["evil.safetensors", "evil.pt", "evil.bin"])
+def test_planted_pickle_is_rejected_without_running_it(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps({"state": _Boom()}))
+    with pytest.raises(WeightsError, match="pickle"):
+        load_bundle(path)
+    assert not (tmp_path / "PWNED_BY_PICKLE").exists()
+
+
+def test_torch_zip_checkpoint_is_rejected(tmp_path):
+    path = tmp_path / "model.safetensors"
+    torch.save({"w": torch.zeros(3)}, path)
+    with pytest.raises(WeightsError, match="not loaded"):
+        load_bundle(path)
+
+
+def test_seeded_bundle_is_deterministic():
+    a = seeded_bundle(ModelConfig.tiny(), seed=5).state_dicts["segmenter"]
+    b = seeded_bundle(ModelConfig.tiny(), seed=5).state_dicts["segmenter"]
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
