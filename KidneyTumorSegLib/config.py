@@ -90,13 +90,18 @@ class ModelConfig:
 
     @classmethod
     def compact(cls) -> ModelConfig:
-        """Reduced widths and coarser grids, trainable on a CPU; the bundled default shape."""
+        """Reduced widths and coarser grids, trainable on a 2-core CPU; the bundled weights' shape.
+
+        The segmenter's patch (48 x 48 x 32 at 2.5 mm) covers 120 x 120 x 80 mm, close to the paper's
+        128 x 128 x 80 mm; width 12 and two convolutions per block make a training step about six
+        times cheaper than the paper's network on this patch.
+        """
         return cls(
             localiser_grid=LocaliserGridConfig(spacing_mm=(4.0, 4.0, 4.0)),
             z_localiser=ZLocaliserConfig(width=16),
             xy_localiser=XYLocaliserConfig(width=16),
             segmenter=SegmenterConfig(
-                width=16, depth=4, spacing_mm=(2.0, 2.0, 2.0), patch_size_xyz=(64, 64, 40)
+                width=12, depth=4, mrb_convs=2, spacing_mm=(2.5, 2.5, 2.5), patch_size_xyz=(48, 48, 32)
             ),
         )
 

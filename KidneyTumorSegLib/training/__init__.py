@@ -1,0 +1,19 @@
+"""Training the three networks of Qiao, Zhao & Liu (z-localiser, xy-localiser, MRB segmenter).
+
+Small modules, one job each, in the spirit of TorchIO's split between data, transforms and sampling:
+
+- ``sources``: where cases come from (a KiTS-layout folder, or phantoms built around label maps) and
+  the cache of each case resampled once onto the canonical localiser and segmenter grids;
+- ``transforms``: random in-plane rotation, flips, scaling and intensity jitter, applied on the fly
+  and identically to image and labels;
+- ``sampling``: 2D slices for the localisers and 3D patches for the segmenter, drawn with the
+  class balance the paper relies on;
+- ``losses``, ``schedule``, ``checkpoint``, ``metrics``, ``distributed``: the training machinery;
+- ``loop``: the trainer; ``evaluate``: the full pipeline on held-out phantoms; ``cli``: the
+  ``train`` and ``evaluate`` sub-commands.
+
+Importing this package is cheap; torch loads when a module that needs it is imported.
+"""
+
+NETWORKS = ("z_localiser", "xy_localiser", "segmenter")
+SHORT_NAMES = {"z": "z_localiser", "xy": "xy_localiser", "seg": "segmenter"}

@@ -1,0 +1,140 @@
+"""Dice, the per-epoch metrics table (CSV) and a picture of the training curves (PNG, pillow).
+
+Dice of two empty masks is 1 (nothing to find, nothing found); of an empty truth and a non-empty
+prediction, 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = (
+    "network",
+    "epoch",
+    "lr",
+    "train_loss",
+    "val_loss",
+    "val_dice_kidney",
+    "val_dice_tumour",
+    "val_accuracy",
+    "seconds",
+)
+
+
+def dice(pred, truth) -> float:
+    pred = np.asarray(pred, dtype=bool)
+    truth = np.asarray(truth, dtype=bool)
+    denom = int(pred.sum()) + int(truth.sum())
+    if denom == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(pred, truth).sum()) / denom
+
+
+def dice_from_counts(inter: float, pred_sum: float, truth_sum: float) -> float:
+    denom = pred_sum + truth_sum
+    return 1.0 if denom == 0 else 2.0 * inter / denom
+
+
+def segmentation_dice(labels, truth) -> dict:
+    """Kidney Dice (labels > 0 against truth > 0) and tumour Dice (labels == 2 against truth == 2)."""
+    labels = np.asarray(labels)
+    truth = np.asarray(truth)
+    return {"kidney": dice(labels > 0, truth > 0), "tumour": dice(labels == 2, truth == 2)}
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """The whole history, rewritten each epoch (a resumed run rewrites it from its checkpoints)."""
+    from ..io import atomic_output
+
+    path = Path(path)
+    with atomic_output(path, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+    return path
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _fmt(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+# --- curves -------------------------------------------------------------------------------------
+_SERIES = (
+    ("train_loss", (31, 119, 180)),
+    ("val_loss", (255, 127, 14)),
+    ("val_dice_kidney", (44, 160, 44)),
+    ("val_dice_tumour", (214, 39, 40)),
+    ("val_accuracy", (148, 103, 189)),
+)
+
+
+def plot_curves(path: str | os.PathLike, rows: list[dict], width: int = 420, height: int = 260) -> Path:
+    """One panel per network: losses and validation scores against epoch, on a shared 0..max axis."""
+    from PIL import Image, ImageDraw
+
+    from ..io import atomic_output
+
+    networks = list(dict.fromkeys(r["network"] for r in rows)) or ["(no epochs yet)"]
+    img = Image.new("RGB", (width * len(networks), height), "white")
+    draw = ImageDraw.Draw(img)
+    for p, net in enumerate(networks):
+        x0 = p * width
+        left, right, top, bottom = x0 + 40, x0 + width - 10, 22, height - 58
+        draw.text((x0 + 40, 4), net, fill="black")
+        draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
+        mine = [r for r in rows if r["network"] == net]
+        epochs = [_num(r.get("epoch")) for r in mine]
+        values = [_num(r.get(k)) for r in mine for k, _ in _SERIES]
+        finite = [v for v in values if v is not None]
+        vmax = max([1.0] + finite)
+        emax = max([1.0] + [e for e in epochs if e is not None])
+        draw.text((x0 + 2, top - 6), f"{vmax:.2g}", fill="black")
+        draw.text((x0 + 2, bottom - 6), "0", fill="black")
+        draw.text((right - 40, bottom + 2), f"ep {int(emax)}", fill="black")
+
+        def xy(e, v, left=left, right=right, top=top, bottom=bottom, emax=emax, vmax=vmax):
+            return (left + (right - left) * e / emax, bottom - (bottom - top) * v / vmax)
+
+        legend_y = bottom + 16
+        for s, (key, colour) in enumerate(_SERIES):
+            pts = [xy(e, _num(r.get(key))) for e, r in zip(epochs, mine) if e is not None and _num(r.get(key)) is not None]
+            if not pts:
+                continue
+            if len(pts) > 1:
+                draw.line(pts, fill=colour, width=2)
+            for px, py in pts:
+                draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+            lx = x0 + 40 + (s % 3) * 125
+            ly = legend_y + (s // 3) * 14
+            draw.line([lx, ly + 6, lx + 12, ly + 6], fill=colour, width=2)
+            draw.text((lx + 15, ly), key, fill="black")
+    path = Path(path)
+    with atomic_output(path, suffix=".png") as tmp:
+        img.save(tmp, format="PNG")
+    return path
+
+
+def _num(value):
+    if value is None or value == "":
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None

@@ -1,0 +1,424 @@
+"""Training: data, transforms, sampling, losses, schedule, checkpoints, the loop, DDP, the CLI.
+
+Everything runs on the tiny configuration and a few procedural phantoms, on the CPU, in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from KidneyTumorSegLib.config import ModelConfig
+from KidneyTumorSegLib.training import losses, transforms
+from KidneyTumorSegLib.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from KidneyTumorSegLib.training.metrics import dice, plot_curves, read_csv, segmentation_dice, write_csv
+from KidneyTumorSegLib.training.sampling import PatchSampler, ZSliceSampler
+from KidneyTumorSegLib.training.schedule import PlateauSchedule, ScheduleConfig
+from KidneyTumorSegLib.training.sources import CachedCase, CaseArrays, split_ids
+from KidneyTumorSegLib.training.transforms import AugmentConfig, SpatialParams
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One thread: on a CPU shared with other jobs, OpenMP threads spinning at barriers make
+    small 3D convolutions several times slower than a single thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def blob_case(case_id="c0", shape=(40, 60, 60), tumour=True) -> CachedCase:
+    """A box-shaped 'kidney' with a tumour corner, image intensities tied to the labels."""
+    lab = np.zeros(shape, np.uint8)
+    lab[10:30, 20:40, 15:35] = 1
+    if tumour:
+        lab[20:28, 30:38, 25:33] = 2
+    img = (0.2 + 0.3 * (lab == 1) + 0.5 * (lab == 2)).astype(np.float16)
+    arrays = CaseArrays(img, lab, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    return CachedCase(case_id, arrays, arrays)
+
+
+# --- metrics and losses ----------------------------------------------------------------------------
+def test_dice_known_values():
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    assert dice(a, b) == 1.0  # nothing to find, nothing found
+    a[0, :2] = True
+    assert dice(a, b) == 0.0
+    b[0, 1:3] = True  # 1 shared voxel, 2 + 2 voxels
+    assert dice(a, b) == pytest.approx(0.5)
+    labels = np.array([0, 1, 2, 2, 1])
+    truth = np.array([0, 1, 1, 2, 0])
+    scores = segmentation_dice(labels, truth)
+    assert scores["kidney"] == pytest.approx(2 * 3 / (4 + 3))  # labels>0 vs truth>0
+    assert scores["tumour"] == pytest.approx(2 * 1 / (2 + 1))
+
+
+def test_losses_known_values():
+    target = torch.tensor([[[1.0, 0.0, 1.0, 0.0]]])
+    zero = torch.zeros_like(target)
+    assert float(losses.bce_loss(zero, target)) == pytest.approx(math.log(2.0), rel=1e-6)
+    # sigmoid(0) = 0.5 everywhere: Dice = 2 * 1 / (2 + 2) = 0.5
+    assert float(losses.soft_dice_loss(zero, target)) == pytest.approx(0.5, abs=1e-4)
+    perfect = (target * 2 - 1) * 50.0
+    assert float(losses.bce_dice_loss(perfect, target)) == pytest.approx(0.0, abs=1e-4)
+
+
+# --- transforms ------------------------------------------------------------------------------------
+def test_flip_twice_is_identity_and_flip_mirrors():
+    rng = np.random.default_rng(0)
+    img = rng.random((6, 9, 11)).astype(np.float32)
+    lab = (img > 0.5).astype(np.uint8)
+    flip = SpatialParams(0.0, (False, False, True), 1.0)
+    once_img, once_lab = transforms.apply_spatial(img, lab, flip)
+    np.testing.assert_allclose(once_img, img[:, :, ::-1], atol=1e-6)
+    np.testing.assert_array_equal(once_lab, lab[:, :, ::-1])
+    back_img, back_lab = transforms.apply_spatial(once_img, once_lab, flip)
+    np.testing.assert_allclose(back_img, img, atol=1e-6)
+    np.testing.assert_array_equal(back_lab, lab)
+
+
+@pytest.mark.parametrize("angle", [30.0, -30.0, 17.0])
+def test_rotation_moves_image_and_labels_together_to_the_right_place(angle):
+    shape = (5, 61, 61)
+    img = np.zeros(shape, np.float32)
+    lab = np.zeros(shape, np.uint8)
+    c = 30
+    img[:, c + 14 : c + 19, c - 2 : c + 3] = 1.0  # a marker 16 voxels "below" the centre in y
+    lab[:, c + 14 : c + 19, c - 2 : c + 3] = 2
+    out_img, out_lab = transforms.apply_spatial(img, lab, SpatialParams(angle, (False, False, False), 1.0))
+    # Output voxel o reads source c + R(o - c): the marker appears where R(o - c) = (16, 0),
+    # i.e. at o - c = R^-1 (16, 0) = (16 cos a, -16 sin a) in (y, x).
+    a = math.radians(angle)
+    oy, ox = c + 16 * math.cos(a), c - 16 * math.sin(a)
+    iy, ix = int(round(oy)), int(round(ox))
+    assert out_lab[2, iy, ix] == 2 and out_img[2, iy, ix] > 0.9
+    assert out_lab[2, c, c] == 0  # the centre stays empty: the marker moved, it was not smeared
+    # Labels still cover the image's marker (and only it): bright voxels are labelled.
+    bright = out_img > 0.75
+    assert bright.sum() > 50
+    assert (out_lab[bright] == 2).mean() > 0.95
+    assert (out_img[out_lab == 2] > 0.25).mean() > 0.95
+
+
+def test_intensity_jitter_changes_values_but_not_shape():
+    rng = np.random.default_rng(1)
+    img = np.linspace(0, 1, 1000, dtype=np.float32).reshape(10, 10, 10)
+    aug = AugmentConfig(probability=1.0)
+    out = transforms.intensity_jitter(img, rng, aug)
+    assert out.shape == img.shape and out.dtype == np.float32
+    assert not np.allclose(out, img)
+    assert transforms.intensity_jitter(img, rng, AugmentConfig(enabled=False)) is img
+
+
+# --- sampling --------------------------------------------------------------------------------------
+def test_patches_hit_tumours_at_the_intended_rate():
+    cases = [blob_case("a"), blob_case("b", tumour=False)]
+    sampler = PatchSampler(cases, (16, 16, 16), AugmentConfig(enabled=False), tumour_fraction=0.5, random_fraction=0.1)
+    rng = np.random.default_rng(3)
+    samples = [sampler.sample(rng, augment=False) for _ in range(600)]
+    with_tumour_case = [s for s in samples if s.case_id == "a"]
+    kinds = [s.kind for s in with_tumour_case]
+    rate = kinds.count("tumour") / len(kinds)
+    assert abs(rate - 0.5) < 0.08
+    assert abs(kinds.count("random") / len(kinds) - 0.1) < 0.05
+    # A case without tumour never yields a 'tumour' patch; its share goes to kidney patches.
+    assert all(s.kind != "tumour" for s in samples if s.case_id == "b")
+    for s in samples:
+        assert s.image.shape == (1, 16, 16, 16) and s.target.shape == (2, 16, 16, 16)
+        if s.kind == "tumour":  # un-jittered: the centre voxel is tumour, in both target channels
+            assert s.target[1, 8, 8, 8] == 1 and s.target[0, 8, 8, 8] == 1
+        if s.kind == "kidney":
+            assert s.target[0, 8, 8, 8] == 1
+    # Targets are nested: tumour implies the kidney-with-tumour region.
+    assert all((s.target[1] <= s.target[0]).all() for s in samples)
+
+
+def test_patch_at_the_border_is_padded_with_air():
+    case = blob_case()
+    sampler = PatchSampler([case], (16, 16, 16), AugmentConfig(enabled=False), random_fraction=1.0)
+    rng = np.random.default_rng(0)
+    s = sampler.sample(rng, augment=False)
+    assert s.image.shape == (1, 16, 16, 16)
+    corner = PatchSampler([case], (40, 40, 40), AugmentConfig(enabled=False), random_fraction=1.0)
+    big = corner.sample(np.random.default_rng(1), augment=False)
+    assert (big.image == 0).any()  # reaches outside the 40x60x60 case: padded with 0 (air)
+
+
+def test_z_slices_are_balanced_and_correctly_labelled():
+    sampler = ZSliceSampler([blob_case()], (64, 64), AugmentConfig(enabled=False), context=1)
+    rng = np.random.default_rng(5)
+    samples = [sampler.sample(rng, augment=True) for _ in range(300)]
+    pos = [s for s in samples if s.kind == "positive"]
+    assert abs(len(pos) / len(samples) - 0.5) < 0.08  # 20 of 40 slices hold kidney, drawn 1:1
+    assert all(float(s.target) == 1.0 for s in pos)
+    assert all(float(s.target) == 0.0 for s in samples if s.kind == "negative")
+    assert samples[0].image.shape == (3, 64, 64)
+
+
+def test_split_keeps_variants_of_one_case_together():
+    ids = [f"case_{i:05d}" for i in range(10)]
+    ids += [f"{c}~v1" for c in ids]
+    train, val = split_ids(ids, 0.2, seed=0)
+    base = {c.split("~v")[0] for c in val}
+    assert len(base) == 2 and not base & {c.split("~v")[0] for c in train}
+    assert sorted(train + val) == sorted(ids)
+
+
+# --- schedule --------------------------------------------------------------------------------------
+def test_schedule_reduces_after_three_stale_epochs_and_stops_below_min_lr():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01, momentum=0.99, nesterov=True)
+    sched = PlateauSchedule(opt, ScheduleConfig())
+    assert sched.step(1.0) is True
+    lrs = []
+    for _ in range(3):
+        sched.step(1.0)
+        lrs.append(sched.lr)
+    assert lrs[:2] == [0.01, 0.01] and lrs[2] == pytest.approx(0.001)
+    epochs = 4
+    while not sched.should_stop:
+        sched.step(1.0)
+        epochs += 1
+        assert epochs < 100
+    # 0.01 -> 1e-3 -> 1e-4 -> 1e-5 -> 1e-6 (still trained) -> 1e-7 < 1e-6: five reductions, 15 stale epochs.
+    assert sched.reductions == 5 and epochs == 16
+    assert sched.lr == pytest.approx(1e-7) and "fell below" in sched.stop_reason
+
+
+def test_schedule_stops_after_30_epochs_without_progress_and_restores_its_state():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    cfg = ScheduleConfig(patience=100)  # no reductions: only the 30-epoch rule can stop it
+    sched = PlateauSchedule(opt, cfg)
+    sched.step(1.0)
+    sched.step(0.5)  # an improvement resets the count
+    n = 0
+    while not sched.should_stop:
+        sched.step(0.6)
+        n += 1
+    assert n == 30 and "no progress" in sched.stop_reason
+    other = PlateauSchedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5), cfg)
+    other.load_state_dict(json.loads(json.dumps(sched.state_dict())))
+    assert other.state_dict() == sched.state_dict() and other.lr == 0.01
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+def test_checkpoint_round_trip_is_exact_and_never_a_pickle(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 7, "pair": (1, "a"),
+             "history": [{"loss": 0.5, "dice": None}], "flag": True}
+    path = save_checkpoint(tmp_path / "ck.safetensors", state)
+    assert path.read_bytes()[:1] != b"\x80"  # not a pickle
+    back = load_checkpoint(path)
+    assert back["epoch"] == 7 and back["pair"] == (1, "a") and back["history"] == state["history"]
+    assert set(back["optimizer"]["state"]) == {0, 1}  # int keys survive
+    for k, v in state["model"].items():
+        assert torch.equal(back["model"][k], v)
+    opt2 = torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.5, momentum=0.9)
+    opt2.load_state_dict(back["optimizer"])
+    assert opt2.param_groups[0]["lr"] == 0.1
+    assert torch.equal(opt2.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
+    with pytest.raises(TypeError):
+        save_checkpoint(tmp_path / "bad.safetensors", {"obj": object()})
+    (tmp_path / "junk.safetensors").write_bytes(b"\x80\x04junk")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "junk.safetensors")
+
+
+def test_metrics_csv_and_curves(tmp_path):
+    from PIL import Image
+
+    rows = [
+        {"network": "segmenter", "epoch": e, "lr": 0.01, "train_loss": 1.0 / e, "val_loss": 1.2 / e,
+         "val_dice_kidney": 0.5 + 0.1 * e, "val_dice_tumour": None, "val_accuracy": None, "seconds": e}
+        for e in (1, 2, 3)
+    ]
+    write_csv(tmp_path / "m.csv", rows)
+    back = read_csv(tmp_path / "m.csv")
+    assert [float(r["val_loss"]) for r in back] == pytest.approx([1.2, 0.6, 0.4])
+    assert back[0]["val_dice_tumour"] == ""
+    plot_curves(tmp_path / "c.png", rows + [dict(rows[0], network="z_localiser")])
+    with Image.open(tmp_path / "c.png") as im:
+        assert im.size == (2 * 420, 260)
+        assert len(im.convert("RGB").getcolors(1 << 16)) > 3  # curves were drawn
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+def test_loss_decreases_on_a_fixed_tiny_batch():
+    from KidneyTumorSegLib.training.loop import train_step
+    from KidneyTumorSegLib.weights import build_networks
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.tiny()
+    model = build_networks(cfg)["segmenter"]
+    sampler = PatchSampler([blob_case()], cfg.segmenter.patch_size_xyz[::-1], AugmentConfig(enabled=False), 0.5, 0.0)
+    rng = np.random.default_rng(0)
+    batch = [sampler.sample(rng, augment=False) for _ in range(2)]
+    x = torch.from_numpy(np.stack([s.image for s in batch]))
+    y = torch.from_numpy(np.stack([s.target for s in batch]))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-2)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    first = None
+    for _ in range(12):
+        loss = train_step(model, x, y, losses.bce_dice_loss, opt, scaler, torch.device("cpu"), amp=False, grad_clip=12)
+        first = loss if first is None else first
+    assert loss < 0.65 * first
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from KidneyTumorSegLib.training.distributed import cleanup, setup, shard, wrap_model
+    from KidneyTumorSegLib.training.loop import train_step
+    from KidneyTumorSegLib.weights import build_networks
+
+    ctx = setup(rank, world, "gloo")
+    torch.manual_seed(123 + rank)  # different initial weights: DDP must broadcast rank 0's
+    model = build_networks(ModelConfig.tiny())["xy_localiser"]
+    start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    ddp = wrap_model(model, ctx, torch.device("cpu"))
+    g = torch.Generator().manual_seed(rank)  # each rank its own data
+    x = torch.rand(2, 1, 32, 32, generator=g)
+    y = (torch.rand(2, 1, 32, 32, generator=g) > 0.5).float()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    train_step(ddp, x, y, losses.bce_dice_loss, opt, scaler, torch.device("cpu"), amp=False)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(after) for _ in range(world)]
+    dist.all_gather(gathered, after)
+    starts = [torch.zeros_like(start) for _ in range(world)]
+    dist.all_gather(starts, start)
+    if rank == 0:
+        result = {
+            "identical_after": bool(torch.equal(gathered[0], gathered[1])),
+            "moved": float((gathered[0] - starts[0]).abs().max()),
+            "initial_differed": not torch.equal(starts[0], starts[1]),
+            "shards": [shard(list(range(7)), type(ctx)(r, world)) for r in range(world)],
+        }
+        Path(out_dir, "ddp.json").write_text(json.dumps(result))
+    cleanup(ctx)
+
+
+def test_data_parallel_two_gloo_ranks_hold_identical_weights_after_a_step(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    result = json.loads((tmp_path / "ddp.json").read_text())
+    assert result["initial_differed"]  # so identity afterwards is DDP's doing
+    assert result["identical_after"]
+    assert result["moved"] > 0
+    assert result["shards"] == [[0, 2, 4, 6], [1, 3, 5]]
+
+
+# --- the CLI end to end ------------------------------------------------------------------------------
+def _train(out: Path, cache: Path, *extra: str) -> int:
+    from KidneyTumorSegLib.cli import main
+
+    return main([
+        "train", "--out", str(out), "--procedural", "3", "--config", "tiny", "--steps-per-epoch", "2",
+        "--batch-size", "z=4,xy=2,seg=2", "--val-samples", "4", "--device", "cpu", "--seed", "1",
+        "--cache", str(cache), "--progress", "none", "--val-fraction", "0.34", "--threads", "1", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One straight 2-epoch run, and a 1-epoch run resumed to 2 epochs."""
+    root = tmp_path_factory.mktemp("train")
+    cache = root / "cache"
+    assert _train(root / "straight", cache, "--epochs", "2") == 0
+    assert _train(root / "resumed", cache, "--epochs", "1") == 0
+    first = load_checkpoint(root / "resumed" / "checkpoints" / "segmenter.last.safetensors")
+    assert first["epoch"] == 1
+    assert _train(root / "resumed", cache, "--epochs", "2", "--resume") == 0
+    return root
+
+
+def test_train_writes_the_run_folder(runs):
+    out = runs / "straight"
+    for name in ("split.json", "run.json", "metrics.csv", "curves.png", "bundle.safetensors"):
+        assert (out / name).is_file(), name
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["train"]) == 2 and len(split["val"]) == 1
+    assert not set(split["train"]) & set(split["val"])
+    rows = read_csv(out / "metrics.csv")
+    assert [(r["network"], r["epoch"]) for r in rows] == [
+        (n, str(e)) for n in ("z_localiser", "xy_localiser", "segmenter") for e in (1, 2)
+    ]
+    seg = [r for r in rows if r["network"] == "segmenter"]
+    assert all(0.0 <= float(r["val_dice_kidney"]) <= 1.0 for r in seg)
+
+
+def test_resumed_run_continues_at_the_right_epoch_with_identical_state(runs):
+    for net in ("z_localiser", "xy_localiser", "segmenter"):
+        a = load_checkpoint(runs / "straight" / "checkpoints" / f"{net}.last.safetensors")
+        b = load_checkpoint(runs / "resumed" / "checkpoints" / f"{net}.last.safetensors")
+        assert a["epoch"] == b["epoch"] == 2
+        assert [r["epoch"] for r in b["history"]] == [1, 2]
+        assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+        for idx, st in a["optimizer"]["state"].items():
+            for key, value in st.items():
+                torch.testing.assert_close(b["optimizer"]["state"][idx][key], value, rtol=1e-5, atol=1e-6)
+        for key, value in a["model"].items():
+            torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6)
+        assert a["schedule"] == b["schedule"]
+
+
+def test_bundle_loads_into_the_pipeline_and_records_its_provenance(runs):
+    from KidneyTumorSegLib.pipeline import Pipeline
+    from KidneyTumorSegLib.training.evaluate import procedural_phantom
+    from KidneyTumorSegLib.weights import load_bundle
+
+    bundle = load_bundle(runs / "resumed" / "bundle.safetensors")
+    prov = bundle.header["provenance"]
+    split = json.loads((runs / "resumed" / "split.json").read_text())
+    assert prov["split"]["train"] == split["train"] and prov["split"]["val"] == split["val"]
+    assert prov["epochs"] == {"z_localiser": 2, "xy_localiser": 2, "segmenter": 2}
+    assert set(bundle.header["metrics"]["validation"]) == {"z_localiser", "xy_localiser", "segmenter"}
+    assert bundle.config == ModelConfig.tiny()
+    ct, truth = procedural_phantom(0, seed=5, grid_mm=(4.0, 4.0, 6.0))
+    result = Pipeline.from_weights(bundle, device="cpu").run(ct)
+    assert result.labels.same_grid(ct)
+    assert set(np.unique(result.labels.array)) <= {0, 1, 2}
+
+
+def test_evaluate_cli_reports_dice_per_case(runs, tmp_path):
+    from KidneyTumorSegLib.cli import main
+
+    report_path = tmp_path / "report.json"
+    code = main(["evaluate", "--weights", str(runs / "straight" / "bundle.safetensors"), "--procedural", "1",
+                 "--grid-mm", "4,4,6", "--device", "cpu", "--out", str(report_path), "--progress", "none"])
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    assert [c["case"] for c in report["cases"]] == ["eval_proc_0000"]
+    case = report["cases"][0]
+    assert 0.0 <= case["kidney_dice"] <= 1.0 and 0.0 <= case["tumour_dice"] <= 1.0
+    assert report["kidney_dice"]["mean"] == pytest.approx(case["kidney_dice"])
+    assert report["kidney_dice"]["median"] == pytest.approx(case["kidney_dice"])
+
+
+def test_train_without_data_is_a_clear_error(tmp_path, capsys):
+    from KidneyTumorSegLib.cli import main
+
+    code = main(["train", "--out", str(tmp_path / "x"), "--config", "tiny", "--progress", "none"])
+    assert code == 2
+    assert "No training data was given" in capsys.readouterr().err
