@@ -31,6 +31,12 @@ class NotCTError(InputError):
     exit_code = 5
 
 
+class NotEnoughMemoryError(InputError):
+    """The input is too large for the memory this computer has free; nothing was started."""
+
+    exit_code = 6
+
+
 class Cancelled(KidneyTumorSegError):
     """The run was cancelled by the user; nothing was written."""
 

@@ -2,28 +2,134 @@
 
 Reading honours each file's direction cosines; writing goes to a temporary file beside the target
 and is renamed into place, so a cancelled or failed run never leaves a half-written output.
+
+Whatever a file holds, reading ends in a :class:`Volume` or an :class:`InputError` whose message is
+one sentence naming the file: the header is read first (dimension, voxel type and size are checked
+before any voxel is read, and an image too large for the free memory is refused), NIfTI files are
+checked for truncation (ITK reads a cut-off NIfTI without complaint and fills the rest with
+garbage), and the geometry is checked for finite, non-degenerate values.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
+from .headers import NOT_READ as _NOT_READ
+from .headers import check_metaimage_header, check_nifti, check_nifti_header
 from .volume import Volume
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+@dataclass
+class ImageInfo:
+    """What a file's header says, known before any voxel is read."""
+
+    size: tuple[int, ...]  # along i, j, k (and more)
+    spacing: tuple[float, ...]
+    dimension: int
+    components: int
+    pixel_id: int
+    pixel_type: str
+    bytes_per_voxel: int
+    image_io: str = ""
+    files: tuple[str, ...] = ()  # the DICOM series' files, for a folder
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod([int(s) for s in self.size], dtype=object))
+
+
+def _scalar_pixel_bytes(pixel_id: int) -> int | None:
+    """Bytes per component of a real-valued pixel type (None for complex, label or unknown types)."""
+    import SimpleITK as sitk
+
+    table = {
+        sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2,
+        sitk.sitkUInt32: 4, sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8,
+        sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+        sitk.sitkVectorUInt8: 1, sitk.sitkVectorInt8: 1, sitk.sitkVectorUInt16: 2, sitk.sitkVectorInt16: 2,
+        sitk.sitkVectorUInt32: 4, sitk.sitkVectorInt32: 4, sitk.sitkVectorUInt64: 8, sitk.sitkVectorInt64: 8,
+        sitk.sitkVectorFloat32: 4, sitk.sitkVectorFloat64: 8,
+    }
+    return table.get(pixel_id)
+
+
+def _reason(err: BaseException) -> str:
+    """A plain reason for a reader failure (ITK's own text is multi-line and developer-facing)."""
+    text = str(err)
+    if "Unable to determine ImageIO reader" in text:
+        return "is not in a format this program reads (NIfTI, NRRD, MHA or a DICOM folder)"
+    if "Permission denied" in text:
+        return "cannot be opened (permission denied)"
+    if isinstance(err, (MemoryError, OverflowError)) or "bad_alloc" in text or "allocate" in text.lower():
+        return "declares more voxels than this computer can hold in memory"
+    return _NOT_READ
+
+
+def _is_dicom_file(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(132)[128:132] == b"DICM"
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence what C/C++ readers print straight to the process's stderr (ITK, MetaIO, NIfTI lib).
+
+    Their lines ("MetaImage: M_ReadElementsData: data not read completely ...") would otherwise
+    appear beside the one-sentence error the command line prints. Only used by the command line.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (embedded interpreters)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        if path.is_symlink():
+            raise InputError(f"The input {path} is a link to a file that does not exist.")
+        raise InputError(f"The input {path} does not exist.")
+    if path.is_dir():
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise InputError(f"The folder {path} cannot be read (permission denied).")
+        return
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise InputError(f"The input {path} is not a regular file or folder.")
+    if path.stat().st_size == 0:
+        raise InputError(f"The file {path} is empty.")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"The file {path} cannot be read (permission denied).")
 
 
 def _dicom_series_files(folder: Path) -> list[str]:
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+    try:
+        series = reader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError:
+        series = ()
     if not series:
         raise InputError(f"The folder {folder} holds no DICOM image series.")
     # The largest series is the one a user means (scouts and dose reports are small).
@@ -31,65 +137,152 @@ def _dicom_series_files(folder: Path) -> list[str]:
     return list(reader.GetGDCMSeriesFileNames(str(folder), best))
 
 
-def read_image(path: str | os.PathLike):
+def read_image_information(path: str | os.PathLike) -> ImageInfo:
+    """The header of ``path`` (file or DICOM folder), without reading voxels; clear errors."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    _check_path(path)
+    files: tuple[str, ...] = ()
+    reader = sitk.ImageFileReader()
+    try:
+        if path.is_dir():
+            files = tuple(_dicom_series_files(path))
+            reader.SetFileName(files[0])
+        else:
+            check_metaimage_header(path)
+            check_nifti_header(path)
+            reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        size = tuple(int(s) for s in reader.GetSize())
+        spacing = tuple(float(s) for s in reader.GetSpacing())
+        pixel_id = int(reader.GetPixelID())
+        components = int(reader.GetNumberOfComponents())
+        image_io = str(reader.GetImageIO())
+    except InputError:
+        raise
+    except (RuntimeError, MemoryError, OverflowError, ValueError) as err:
+        raise InputError(f"The file {path} {_reason(err)}.") from None
+    if files:  # a series: one file per slice
+        if len(size) == 2 or (len(size) == 3 and size[2] == 1):
+            size = (size[0], size[1], len(files))
+            spacing = (spacing[0], spacing[1], spacing[2] if len(spacing) > 2 else 1.0)
+    per = _scalar_pixel_bytes(pixel_id)
+    if per is None:
+        raise InputError(
+            f"The image {path} has voxels of type {sitk.GetPixelIDValueAsString(pixel_id)}; "
+            "a CT needs real-valued (integer or floating-point) voxels."
+        )
+    return ImageInfo(size, spacing, len(size), components, pixel_id,
+                     sitk.GetPixelIDValueAsString(pixel_id), per * max(1, components), image_io, files)
+
+
+def read_image(path: str | os.PathLike, info: ImageInfo | None = None):
     """Read ``path`` (a file or a DICOM folder) as a SimpleITK image, with clear errors."""
     import SimpleITK as sitk
 
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"The input {path} does not exist.")
+    if info is None:
+        info = read_image_information(path)
     try:
-        if path.is_dir():
-            files = _dicom_series_files(path)
+        if info.files:
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(files)
+            reader.SetFileNames(list(info.files))
             return reader.Execute()
-        if path.stat().st_size == 0:
-            raise InputError(f"The file {path} is empty.")
+        check_nifti(path)
         return sitk.ReadImage(str(path))
     except InputError:
         raise
-    except RuntimeError as err:  # SimpleITK reports every reader failure this way
-        first = str(err).strip().splitlines()
-        detail = next((ln for ln in first if "ERROR" in ln or "error" in ln), first[-1] if first else "")
-        detail = detail.split(":")[-1].strip() if detail else "unknown format"
-        raise InputError(
-            f"The file {path} could not be read as a medical image ({detail or 'unknown format'})."
-        ) from None
+    except (RuntimeError, MemoryError, OverflowError, ValueError) as err:
+        raise InputError(f"The file {path} {_reason(err)}.") from None
+
+
+def _check_geometry(image, path: Path) -> None:
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+        raise InputError(f"The image {path} has an unusable voxel spacing {tuple(spacing.round(6))}.")
+    if not np.all(np.isfinite(origin)) or np.max(np.abs(origin)) > 1e7:
+        raise InputError(f"The image {path} has an unusable origin {tuple(origin.round(3))}.")
+    if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction, np.eye(3), atol=1e-2):
+        raise InputError(f"The image {path} has a skewed or degenerate direction matrix, which no CT has.")
+
+
+def _count_non_finite(array: np.ndarray, slab: int = 8) -> int:
+    """Non-finite voxels, counted a few slices at a time (no whole-scan boolean copy)."""
+    bad = 0
+    for k in range(0, array.shape[0], slab):
+        part = array[k : k + slab]
+        bad += int(part.size - np.count_nonzero(np.isfinite(part)))
+    return bad
 
 
 def read_volume(path: str | os.PathLike) -> Volume:
-    """Read a 3D scalar volume; 2D, 4D, vector or non-finite images are refused clearly."""
+    """Read a 3D scalar volume; 2D, 4D, vector, non-finite or too large images are refused clearly."""
     import SimpleITK as sitk
 
-    image = read_image(path)
+    from .memory import NotEnoughMemoryError, check_image_fits
+
+    path = Path(path)
+    info = read_image_information(path)
+    size = list(info.size)
+    while len(size) > 3 and size[-1] == 1:  # a 4D file holding one volume
+        size.pop()
+    dim = len(size)
+    if dim == 2 or (dim == 3 and size[2] == 1):
+        if not info.files and _is_dicom_file(path):
+            raise InputError(f"The file {path} is a single DICOM slice; give the folder holding the whole series.")
+        raise InputError(f"The image {path} is 2D; a 3D CT volume is needed.")
+    if dim != 3:
+        raise InputError(f"The image {path} has {dim} dimensions; a single 3D CT volume is needed.")
+    if info.components != 1:
+        raise InputError(
+            f"The image {path} has {info.components} components per voxel "
+            "(colour or vector); a scalar CT volume is needed."
+        )
+    if min(size) < 1:
+        raise InputError(f"The image {path} declares no voxels.")
+    check_image_fits(size, info.bytes_per_voxel, path)
+
+    image = read_image(path, info)
     dim = image.GetDimension()
     if dim == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
         dim = 3
-    if dim == 2 or (dim == 3 and min(image.GetSize()) == 1 and image.GetSize()[2] == 1):
-        raise InputError(f"The image {path} is 2D; a 3D CT volume is needed.")
-    if dim != 3:
-        raise InputError(f"The image {path} has {dim} dimensions; a single 3D CT volume is needed.")
+    if dim != 3 or image.GetSize()[2] == 1:  # the header and the voxels disagree: trust neither
+        raise InputError(f"The image {path} is not a 3D volume.")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
-            f"The image {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
-            "(colour or vector); a scalar CT volume is needed."
-        )
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        arr = sitk.GetArrayViewFromImage(image)
-        if not np.all(np.isfinite(arr)):
-            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise InputError(f"The image {path} holds {bad} voxels that are NaN or infinite.")
+        raise InputError(f"The image {path} has several components per voxel; a scalar CT volume is needed.")
+    if image.GetPixelIDTypeAsString().startswith("vector"):
+        image = sitk.VectorIndexSelectionCast(image, 0)
+    _check_geometry(image, path)
+    geometry = (image.GetSpacing(), image.GetOrigin(), np.array(image.GetDirection()).reshape(3, 3))
     try:
-        return Volume.from_sitk(image)
+        array = sitk.GetArrayFromImage(image)
+    except MemoryError:
+        raise NotEnoughMemoryError(f"The image {path} does not fit in the memory this computer has free.") from None
+    del image  # the reader's buffer goes before anything else is allocated
+    if array.dtype.kind == "f":
+        bad = _count_non_finite(array)
+        if bad:
+            raise InputError(
+                f"The image {path} holds {bad} voxels that are NaN or infinite; "
+                "a CT needs a finite value in every voxel."
+            )
+    try:
+        return Volume(array, *geometry)
     except ValueError as err:
-        raise InputError(f"The image {path} has an unusable geometry: {err}.") from None
+        raise InputError(f"The image {path} has an unusable geometry ({err}).") from None
 
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str | None = None):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file is hidden (``.name.XXXX.suffix``) and removed whatever happens, Ctrl-C
+    included, so an interrupted or failed write leaves any earlier ``path`` exactly as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     name = path.name

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import localisation, patches, postprocess, preprocess
+from . import localisation, memory, patches, postprocess, preprocess
 from .checks import check_ct_volume
 from .device import autocast, free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import Cancelled
@@ -137,7 +137,8 @@ class Pipeline:
         lo_c = np.min(starts, axis=0)
         hi_c = np.max(starts, axis=0) + np.asarray(patch)
         origin = anchor + lo_c[::-1] * seg_sp
-        canvas = preprocess.resample_box(volume, origin, tuple((hi_c - lo_c)[::-1]), tuple(seg_sp))
+        # [issue 6] slab by slab on extracted regions: no whole-scan float32 copy (memory.py).
+        canvas = memory.resample_box_chunked(volume, origin, tuple((hi_c - lo_c)[::-1]), tuple(seg_sp))
         canvas_img = preprocess.normalise_hu(canvas.array, self.config.preprocess)
         self._clock.lap("preprocess")
         stitcher = patches.Stitcher(2, canvas_img.shape, patch)
@@ -158,7 +159,8 @@ class Pipeline:
     def _back_to_input(self, labels: np.ndarray, canvas: Volume, volume: Volume) -> np.ndarray:
         """Region and tumour masks resampled (trilinear, threshold 0.5) onto the input grid.
 
-        Only the input voxels under the canvas are resampled, which keeps this cheap on big scans.
+        Only the input voxels under the canvas are resampled, one slab at a time ([issue 6]
+        ``memory.masks_onto_grid``), which keeps this cheap and bounded on big scans.
         """
         nz, ny, nx = canvas.array.shape
         corners = np.array([[i, j, k] for i in (0, nx - 1) for j in (0, ny - 1) for k in (0, nz - 1)], float)
@@ -166,18 +168,33 @@ class Pipeline:
         lo = np.clip(np.floor(ijk.min(0)).astype(int) - 1, 0, None)
         hi = np.minimum(np.ceil(ijk.max(0)).astype(int) + 2, volume.size_xyz)
         out = np.zeros(volume.array.shape, np.uint8)
-        if np.any(hi <= lo):
-            return out
-        sub_origin = volume.index_to_physical(lo.astype(float))
-        sub = Volume(
-            np.zeros(tuple((hi - lo)[::-1]), np.uint8), volume.spacing, sub_origin, volume.direction
-        )
-        sl = tuple(slice(a, b) for a, b in zip(lo[::-1], hi[::-1]))
-        for value, mask in ((1, labels > 0), (2, labels == 2)):
-            m = canvas.with_array(mask.astype(np.float32))
-            back = preprocess.resample_onto(m, sub, "linear", 0.0).array >= 0.5
-            out[sl][back] = value
-        return out
+        return memory.masks_onto_grid([(1, labels > 0), (2, labels == 2)], canvas, volume, out, lo, hi)
+
+    def _structures_and_sides(self, labels: Volume, midline_x: float | None):
+        """Per-side structures and their measurements, computed on the labels' bounding box only.
+
+        [issue 6] ``postprocess.split_sides`` on a whole scan needs about 25 bytes per voxel (int32
+        components, float64 centroid grids); ``memory.split_sides_bounded`` gives the same masks on
+        the box, and the masks are then placed on the full input grid one at a time.
+        """
+        arr = labels.array
+        if midline_x is None:  # the fallback split_sides would use, taken on the whole grid
+            lo_b, hi_b = labels.physical_bounds()
+            midline_x = float((lo_b[0] + hi_b[0]) / 2.0)
+        nonzero = [np.flatnonzero(arr.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+        if nonzero[0].size == 0:
+            return {}, {}
+        sl = tuple(slice(max(0, int(n[0]) - 1), int(n[-1]) + 2) for n in nonzero)
+        start_ijk = np.array([sl[2].start, sl[1].start, sl[0].start], float)
+        crop = Volume(arr[sl], labels.spacing, labels.index_to_physical(start_ijk), labels.direction)
+        parts = memory.split_sides_bounded(crop, midline_x)
+        sides = side_measurements(parts, crop)
+        structures = {}
+        for key in list(parts):
+            full = np.zeros(arr.shape, bool)
+            full[sl] = parts.pop(key)
+            structures[key] = full
+        return structures, sides
 
     # --- the whole job --------------------------------------------------------------------------
     def run(self, volume: Volume, progress: Progress | None = None, cancel=None) -> SegmentationResult:
@@ -189,7 +206,9 @@ class Pipeline:
         self._warnings += check_ct_volume(volume, allow_non_ct=self.allow_non_ct)
         progress(0.0, "Preparing the image")
 
-        loc_hu = preprocess.to_canonical(volume, cfg.localiser_grid.spacing_mm)
+        loc_sp = cfg.localiser_grid.spacing_mm
+        loc_origin, loc_size = preprocess.canonical_box(volume, loc_sp)
+        loc_hu = memory.resample_box_chunked(volume, loc_origin, loc_size, loc_sp)  # [issue 6] bounded
         loc = preprocess.normalise_hu(loc_hu.array, cfg.preprocess)
         self._clock.lap("preprocess")
         progress(0.1, "Finding the kidneys' slices")
@@ -203,7 +222,7 @@ class Pipeline:
             mask = self._xy_mask(loc, *zr)
             boxes = localisation.kidney_boxes(mask, loc_hu.spacing, cfg.xy_localiser)
             self._clock.lap("xy_localiser")
-        labels = np.zeros(volume.array.shape, np.uint8)
+        labels = None
         if boxes:
             progress(0.4, f"Segmenting {len(boxes)} kidney region(s)")
             probs, canvas = self._segment_boxes(volume, loc_hu, boxes, progress)
@@ -222,14 +241,17 @@ class Pipeline:
             progress(0.9, "Bringing the labels back onto the scan's grid")
             labels = self._back_to_input(canvas_labels, canvas, volume)
             self._clock.lap("resample_back")
+        if labels is None:
+            labels = np.zeros(volume.array.shape, np.uint8)
         result_labels = volume.with_array(labels)
-        structures = postprocess.split_sides(result_labels, postprocess.body_midline_x(loc_hu))
+        structures, sides = self._structures_and_sides(result_labels, postprocess.body_midline_x(loc_hu))
         self._clock.lap("postprocess")
         if not structures:
             self._warnings.append(NO_KIDNEY)
             log.warning(NO_KIDNEY)
         report = {
-            "sides": side_measurements(structures, result_labels),
+            "sides": sides,
+            "kidney_found": bool(structures),  # [issue 6] an empty result says so in the report
             "z_range_mm": None
             if zr is None
             else [round(loc_hu.origin[2] + k * loc_hu.spacing[2], 1) for k in (zr[0], zr[1] - 1)],
