@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from .io import atomic_output
-from .preprocess import resample_box
+from .memory import resample_box_chunked
 from .volume import Volume
 
 KIDNEY_RGB = (185, 102, 83)
@@ -41,8 +41,9 @@ def _plane(ct: Volume, labels: Volume, point, axis: int, pixel: float):
     size = np.maximum(1, np.floor((hi - lo) / pixel).astype(int) + 1)
     origin[axis] = point[axis]
     size[axis] = 1
-    img = resample_box(ct, origin, size, spacing, "linear", -1024.0).array
-    lab = resample_box(labels, origin, size, spacing, "nearest", 0).array
+    # Only the slab of the scan the plane passes through is copied (large scans stay cheap).
+    img = resample_box_chunked(ct, origin, size, spacing, "linear", -1024.0).array
+    lab = resample_box_chunked(labels, origin, size, spacing, "nearest", 0).array
     if axis == 2:
         return img[0], lab[0]
     return img[::-1, 0, :], lab[::-1, 0, :]  # coronal: superior up
