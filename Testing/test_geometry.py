@@ -104,3 +104,14 @@ def test_reader_errors_are_one_sentence(tmp_path):
             read_volume(path)
         msg = str(info.value)
         assert str(path) in msg and msg.endswith(".") and "\n" not in msg
+
+
+def test_written_files_get_the_users_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = write_volume(Volume(np.zeros((2, 3, 4), np.int16)), tmp_path / "v.nrrd")
+    finally:
+        os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o644
