@@ -480,7 +480,7 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         from KidneyTumorSegLib.mrml import volume_to_node
         from KidneyTumorSegLib.phantoms import make_phantom, procedural_labels
 
-        truth = procedural_labels(seed, shape_zyx=(60, 160, 160), spacing_xyz=(2.0, 2.0, 4.0), n_kidneys=2)
+        truth = procedural_labels(seed, shape_zyx=(80, 256, 256), spacing_xyz=(1.5, 1.5, 3.0), n_kidneys=2)
         ct, _info = make_phantom(truth, seed)
         ct = ct.with_array(np.round(ct.array).astype(np.int16))
         return volume_to_node(ct, name="Phantom CT"), truth
