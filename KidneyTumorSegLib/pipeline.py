@@ -143,7 +143,7 @@ class Pipeline:
         self._clock.lap("preprocess")
         stitcher = patches.Stitcher(2, canvas_img.shape, patch)
         local = [tuple(np.asarray(s) - lo_c) for s in starts]
-        bs = 2 if self.device.type == "cuda" else 1
+        bs = 2  # a batch of 1 sends small-channel 3D convolutions to a slow CPU kernel
         for i, (a, b) in enumerate(self._batches(len(local), bs)):
             batch = np.stack([patches.extract(canvas_img, s, patch)[None] for s in local[a:b]])
             pred = self._forward("segmenter", batch)
