@@ -173,9 +173,8 @@ class Pipeline:
     def _structures_and_sides(self, labels: Volume, midline_x: float | None):
         """Per-side structures and their measurements, computed on the labels' bounding box only.
 
-        [issue 6] ``postprocess.split_sides`` on a whole scan needs about 25 bytes per voxel (int32
-        components, float64 centroid grids); ``memory.split_sides_bounded`` gives the same masks on
-        the box, and the masks are then placed on the full input grid one at a time.
+        Only the labels' bounding box is split and measured; the masks are then placed on the full
+        input grid one at a time, which keeps memory bounded on big scans.
         """
         arr = labels.array
         if midline_x is None:  # the fallback split_sides would use, taken on the whole grid
@@ -187,7 +186,7 @@ class Pipeline:
         sl = tuple(slice(max(0, int(n[0]) - 1), int(n[-1]) + 2) for n in nonzero)
         start_ijk = np.array([sl[2].start, sl[1].start, sl[0].start], float)
         crop = Volume(arr[sl], labels.spacing, labels.index_to_physical(start_ijk), labels.direction)
-        parts = memory.split_sides_bounded(crop, midline_x)
+        parts = postprocess.split_sides(crop, midline_x)
         sides = side_measurements(parts, crop)
         structures = {}
         for key in list(parts):
