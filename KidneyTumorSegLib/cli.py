@@ -210,7 +210,6 @@ def _terminate_as_interrupt(signum, frame):  # Slicer's Cancel sends SIGTERM: cl
 
 
 def run_segment(args) -> int:
-    from .checks import check_ct_volume
     from .io import quiet_native_stderr, read_image_information, read_volume
     from .memory import check_run_fits
     from .pipeline import NO_KIDNEY, Pipeline
@@ -240,10 +239,9 @@ def run_segment(args) -> int:
         reporter.progress(0.0, f"Reading {args.input}")
         t0 = time.perf_counter()
         with quiet_native_stderr():
-            volume = read_volume(input_path)
+            volume = read_volume(input_path, info)
         t_read = time.perf_counter() - t0
-        check_ct_volume(volume, allow_non_ct=args.allow_non_ct, source=input_path)  # names the file
-        result = pipeline.run(volume, progress=reporter.progress)
+        result = pipeline.run(volume, progress=reporter.progress, source=input_path)
         report = result.report
         report["timings_s"]["read"] = round(t_read, 4)
         report["input"] = {

@@ -218,14 +218,18 @@ def _count_non_finite(array: np.ndarray, slab: int = 8) -> int:
     return bad
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Read a 3D scalar volume; 2D, 4D, vector, non-finite or too large images are refused clearly."""
+def read_volume(path: str | os.PathLike, info: ImageInfo | None = None) -> Volume:
+    """Read a 3D scalar volume; 2D, 4D, vector, non-finite or too large images are refused clearly.
+
+    ``info``: the header already read by :func:`read_image_information`, so that a caller that
+    looked at it first (the CLI's memory check) does not read it, or scan a DICOM folder, twice.
+    """
     import SimpleITK as sitk
 
     from .memory import NotEnoughMemoryError, check_image_fits
 
     path = Path(path)
-    info = read_image_information(path)
+    info = info or read_image_information(path)
     size = list(info.size)
     while len(size) > 3 and size[-1] == 1:  # a 4D file holding one volume
         size.pop()

@@ -196,13 +196,14 @@ class Pipeline:
         return structures, sides
 
     # --- the whole job --------------------------------------------------------------------------
-    def run(self, volume: Volume, progress: Progress | None = None, cancel=None) -> SegmentationResult:
+    def run(self, volume: Volume, progress: Progress | None = None, cancel=None, source=None) -> SegmentationResult:
+        """Segment ``volume``; ``source`` (a path or a name) is named in input messages when given."""
         progress = progress or (lambda f, m: None)
         self._cancel = cancel
         self._warnings: list[str] = []
         self._clock = _Clock()
         cfg = self.config
-        self._warnings += check_ct_volume(volume, allow_non_ct=self.allow_non_ct)
+        self._warnings += check_ct_volume(volume, allow_non_ct=self.allow_non_ct, source=source)
         progress(0.0, "Preparing the image")
 
         loc_sp = cfg.localiser_grid.spacing_mm
