@@ -47,11 +47,11 @@ sys.path.insert(0, str(REPO))
 DEFAULT_MASKS = REPO.parent / "shared" / "data" / "kits19"
 
 
-def bundled_config():
-    """The bundled weights' shape: ModelConfig.compact() (CPU-trainable segmenter, see config.py)."""
+def bundled_config(name: str = "bundled"):
+    """The bundled weights' shape (``ModelConfig.bundled()``), or ``compact()`` for a CPU run."""
     from KidneyTumorSegLib.config import ModelConfig
 
-    return ModelConfig.compact()
+    return {"bundled": ModelConfig.bundled, "compact": ModelConfig.compact}[name]()
 
 
 def heldout_ids(all_ids: list[str], n: int) -> list[str]:
@@ -60,113 +60,170 @@ def heldout_ids(all_ids: list[str], n: int) -> list[str]:
     return picked[:n]
 
 
+def make_split(pool: list[str], args) -> dict:
+    """Case-level split of the non-held-out masks plus the procedural anatomies."""
+    from KidneyTumorSegLib.training.sources import split_ids
+
+    train_m, val_m = split_ids(pool, val_fraction=args.val_cases / max(1, len(pool)), seed=args.seed)
+    train_m = train_m[: args.train_cases]
+    procedural = [f"proc_{i:04d}" for i in range(args.procedural)]
+    n_proc_val = max(1, args.procedural // 8) if args.procedural else 0
+    return {"train": train_m + procedural[n_proc_val:], "val": val_m + procedural[:n_proc_val], "seed": args.seed}
+
+
+def with_variants(ids: list[str], variants: int) -> list[str]:
+    from KidneyTumorSegLib.training.sources import VARIANT_SEP
+
+    return [f"{c}{VARIANT_SEP}{v}" if v else c for c in ids for v in range(max(1, variants))]
+
+
+def write_pack(args) -> int:
+    """Labels of every non-held-out mask and procedural anatomy on the working grids (needs
+    SimpleITK and the masks); the held-out masks are left out of the pack altogether."""
+    from KidneyTumorSegLib.training.sources import PhantomSource, write_label_pack
+
+    masks = PhantomSource.masks_in(args.masks)
+    ids = sorted(masks)
+    heldout = heldout_ids(ids, args.holdout)
+    pool = [c for c in ids if c not in heldout]
+    source = PhantomSource({c: masks[c] for c in pool}, args.procedural, seed=args.seed)
+    errors = write_label_pack(source, bundled_config(args.config), args.write_pack, args.prep_workers)
+    folder = Path(args.write_pack)
+    (folder / "heldout.json").write_text(json.dumps({"heldout": heldout, "rule": "every 7th case from case_00003"}))
+    print(f"label pack of {len(pool)} masks and {args.procedural} procedural anatomies in {folder}"
+          + (f"; failed: {errors}" if errors else ""))
+    return 1 if errors else 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(REPO / "runs" / "bundled"))
     p.add_argument("--masks", default=str(DEFAULT_MASKS), help="KiTS19 label folder")
-    p.add_argument("--cache", default=str(REPO / "runs" / "cache"))
+    p.add_argument("--pack", help="train from this label pack (see --write-pack) instead of --masks")
+    p.add_argument("--write-pack", help="write the label pack to this folder and stop")
+    p.add_argument("--cache", default=str(REPO / "runs" / "cache"), help="phantom cache folder ('' for none)")
     p.add_argument("--budget-min", type=float, default=50.0, help="training time for all three networks")
+    p.add_argument("--wall-min", type=float, help="instead of --budget-min: finish everything within this time")
     p.add_argument("--holdout", type=int, default=30)
     p.add_argument("--val-cases", type=int, default=12)
     p.add_argument("--train-cases", type=int, default=100)
     p.add_argument("--procedural", type=int, default=16)
+    p.add_argument("--variants", type=int, default=1, help="phantoms per training label map")
+    p.add_argument("--slice-thickness", default="0.8,5.0", help="simulated slice thickness range, mm ('' follows the grid)")
     p.add_argument("--config", choices=("bundled", "compact"), default="bundled")
     p.add_argument("--networks", default="z,xy,seg")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
     p.add_argument("--lr", type=float)
     p.add_argument("--steps-per-epoch", type=int, default=60)
+    p.add_argument("--batch", default="32,12,2", help="batch sizes of the z-localiser, xy-localiser, segmenter")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--workers", type=int, default=0, help="data-loader processes (keep a GPU busy)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--prep-workers", type=int, default=2)
     p.add_argument("--evaluate", type=int, default=6, help="held-out cases to evaluate at the end (0: none)")
-    p.add_argument("--eval-grid-mm", default="2.0,2.0,3.0", help="voxel spacing x,y,z of the held-out phantom CTs")
+    p.add_argument("--eval-grid-mm", default="1.5,1.5,3.0", help="voxel spacing x,y,z of the held-out phantom CTs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--half", action="store_true", help="store the bundle in half precision")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
+    if args.write_pack:
+        return write_pack(args)
 
     import torch
 
     torch.set_num_threads(args.threads)
+    from KidneyTumorSegLib.device import resolve_device
     from KidneyTumorSegLib.training import NETWORKS
     from KidneyTumorSegLib.training.cli import ProgressBar, parse_networks, write_run_bundle
     from KidneyTumorSegLib.training.loop import Trainer, TrainOptions
     from KidneyTumorSegLib.training.schedule import ScheduleConfig
-    from KidneyTumorSegLib.training.sources import MultiSource, PhantomSource, load_cases, split_ids
+    from KidneyTumorSegLib.training.sources import MultiSource, PackedPhantomSource, PhantomSource, load_cases
 
+    t0 = time.time()
+    device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bar = ProgressBar()
-    t0 = time.time()
-    masks = PhantomSource.masks_in(args.masks)
-    ids = sorted(masks)
-    heldout = heldout_ids(ids, args.holdout)
-    pool = [c for c in ids if c not in heldout]
-    split_path = out / "split.json"
-    if args.resume and split_path.exists():
-        split = json.loads(split_path.read_text())
-    else:
-        train_m, val_m = split_ids(pool, val_fraction=args.val_cases / max(1, len(pool)), seed=args.seed)
-        train_m = train_m[: args.train_cases]
-        procedural = [f"proc_{i:04d}" for i in range(args.procedural)]
-        n_proc_val = max(1, args.procedural // 8) if args.procedural else 0
-        split = {
-            "train": train_m + procedural[n_proc_val:],
-            "val": val_m + procedural[:n_proc_val],
-            "excluded": heldout,
-            "seed": args.seed,
-        }
-    (out / "heldout.json").write_text(json.dumps({"heldout": heldout, "rule": "every 7th case from case_00003"}))
-    used = {c for c in split["train"] + split["val"] if c.startswith("case_")}
-    assert not used & set(heldout), "held-out cases leaked into the split"
-    source = MultiSource([PhantomSource({c: masks[c] for c in sorted(used)}, args.procedural, seed=args.seed)])
-    cfg = bundled_config()
-    if args.config == "compact":
-        from KidneyTumorSegLib.config import ModelConfig
-
-        cfg = ModelConfig.compact()
+    thickness = tuple(float(v) for v in args.slice_thickness.split(",")) if args.slice_thickness else None
+    cfg = bundled_config(args.config)
     if args.resume and (out / "run.json").exists():
         from KidneyTumorSegLib.config import ModelConfig
 
         cfg = ModelConfig.from_dict(json.loads((out / "run.json").read_text())["config"])
+    masks = {}
+    if args.pack:
+        packed = PackedPhantomSource(args.pack, args.seed, max(1, args.variants), slice_thickness_mm=thickness)
+        packed.check_grids(cfg)
+        heldout = json.loads((Path(args.pack) / "heldout.json").read_text())["heldout"]
+        pool = [c for c in packed.base_ids() if c.startswith("case_")]
+        args.procedural = sum(1 for c in packed.base_ids() if c.startswith("proc_"))
+        source = MultiSource([packed])
+    else:
+        masks = PhantomSource.masks_in(args.masks)
+        heldout = heldout_ids(sorted(masks), args.holdout)
+        pool = [c for c in sorted(masks) if c not in heldout]
+    split_path = out / "split.json"
+    if args.resume and split_path.exists():
+        split = json.loads(split_path.read_text())
+    else:
+        split = make_split(pool, args)
+        split["train"] = with_variants(split["train"], args.variants)
+        split["excluded"] = heldout
+    (out / "heldout.json").write_text(json.dumps({"heldout": heldout, "rule": "every 7th case from case_00003"}))
+    from KidneyTumorSegLib.training.sources import split_group
+
+    used = {split_group(c) for c in split["train"] + split["val"]}
+    assert not used & set(heldout), "held-out cases leaked into the split"
+    if not args.pack:
+        source = MultiSource([PhantomSource({c: masks[c] for c in sorted(used) if c in masks}, args.procedural,
+                                            seed=args.seed, variants=max(1, args.variants), slice_thickness_mm=thickness)])
 
     lr = args.lr if args.lr is not None else (2e-3 if args.optimizer == "adamw" else 0.01)
+    batch = [int(v) for v in args.batch.split(",")]
     opts = TrainOptions(
         networks=parse_networks(args.networks),
         epochs=1000,
         steps_per_epoch=args.steps_per_epoch,
-        batch_size={"z_localiser": 32, "xy_localiser": 12, "segmenter": 2},
-        val_samples={"z_localiser": 192, "xy_localiser": 64, "segmenter": 40},
+        batch_size={"z_localiser": batch[0], "xy_localiser": batch[1], "segmenter": batch[2]},
+        val_samples={"z_localiser": 256, "xy_localiser": 96, "segmenter": 96} if device.type == "cuda"
+        else {"z_localiser": 192, "xy_localiser": 64, "segmenter": 48},
+        workers=args.workers,
         seed=args.seed,
         time_budget_s=args.budget_min * 60.0,
         budget_shares={"z_localiser": 0.10, "xy_localiser": 0.15, "segmenter": 0.75},
         schedule=ScheduleConfig(optimizer=args.optimizer, lr=lr, weight_decay=3e-5),
     )
     split_path.write_text(json.dumps(split, indent=1))
-    (out / "run.json").write_text(json.dumps({"config": cfg.to_dict(), "options": opts.to_dict(),
-                                              "source": source.describe(), "argv": sys.argv[1:]}, indent=1))
-    train_cases, errs = load_cases(source, split["train"], cfg, args.cache, args.prep_workers, bar)
-    val_cases, verrs = load_cases(source, split["val"], cfg, args.cache, args.prep_workers, bar)
+    cache = args.cache or None
+    train_cases, errs = load_cases(source, split["train"], cfg, cache, args.prep_workers, bar)
+    val_cases, verrs = load_cases(source, split["val"], cfg, cache, args.prep_workers, bar)
     errs.update(verrs)
     bar.line(f"{len(train_cases)} training, {len(val_cases)} validation cases ready in {time.time() - t0:.0f} s"
              + (f"; skipped {sorted(errs)}" if errs else ""))
+    if args.wall_min is not None:  # what is left, less a reserve for validation, checkpoints and the bundle
+        opts.time_budget_s = max(60.0, args.wall_min * 60.0 - (time.time() - t0) - 45.0)
+        bar.line(f"training budget {opts.time_budget_s:.0f} s")
+    (out / "run.json").write_text(json.dumps({"config": cfg.to_dict(), "options": opts.to_dict(),
+                                              "source": source.describe(), "argv": sys.argv[1:]}, indent=1))
 
     def on_epoch(row):
         bits = [f"{k} {row[k]:.3f}" for k in ("val_dice_kidney", "val_dice_tumour", "val_accuracy") if row.get(k) is not None]
         bar.line(f"{row['network']} epoch {row['epoch']}: lr {row['lr']:.1e} train {row['train_loss']:.4f} "
                  f"val {row['val_loss']:.4f} {' '.join(bits)} ({row['seconds']:.0f} s)")
 
-    trainer = Trainer(cfg, train_cases, val_cases, opts, out, torch.device("cpu"), resume=args.resume,
+    trainer = Trainer(cfg, train_cases, val_cases, opts, out, device, resume=args.resume,
                       progress=bar, on_epoch=on_epoch)
     results = trainer.run()
     ns = argparse.Namespace(config=f"{args.config} (scripts/train_bundled.py)", init_weights=None)
     from KidneyTumorSegLib.training.distributed import SINGLE
 
-    bundle_path = write_run_bundle(out, cfg, results, trainer, split, source, ns, torch.device("cpu"), SINGLE, t0)
+    bundle_path = write_run_bundle(out, cfg, results, trainer, split, source, ns, device, SINGLE, t0, args.half)
     bar.line(f"bundle written to {bundle_path} after {(time.time() - t0) / 60:.1f} min")
     for name in NETWORKS:
         if name in trainer.summaries:
             bar.line(f"{name}: {json.dumps(trainer.summaries[name])}")
 
-    if args.evaluate > 0:
+    if args.evaluate > 0 and masks:
         from KidneyTumorSegLib.training.evaluate import evaluate, heldout_cases
 
         chosen = {c: masks[c] for c in heldout[: args.evaluate]}

@@ -41,6 +41,8 @@ class PhantomConfig:
     scanner: bool = True  # False: no blur, noise, bias or streaks (for checks of tissue means)
     dtype: str = "int16"  # "int16" (clipped to -1024..3071, like scanners) or "float32"
     tissue_map: bool = True  # return info["tissue_map"] on the caller's grid
+    # None: the slice thickness follows the grid; (lo, hi) mm: drawn from this range (see draw_scanner)
+    slice_thickness_mm: tuple[float, float] | None = None
 
 
 def _validate(labels: Volume) -> None:
@@ -108,7 +110,7 @@ def make_phantom(labels: Volume, seed: int, config: PhantomConfig | None = None)
     sax = _slice_axis(labels)
     c = 2 - sax
     slice_sp = labels.spacing[c]
-    sc = draw_scanner(r_scan, slice_sp, cfg.noise_sd_range, cfg.streak_prob)
+    sc = draw_scanner(r_scan, slice_sp, cfg.noise_sd_range, cfg.streak_prob, cfg.slice_thickness_mm)
     if cfg.scanner:
         ct += bias_field(r_scan, ct.shape, cv.depth, cv.inside, sc)
         if sc.streaks:

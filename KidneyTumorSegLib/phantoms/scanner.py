@@ -29,9 +29,14 @@ class ScannerDraw:
 
 
 def draw_scanner(rng: np.random.Generator, slice_spacing: float, noise_range=(8.0, 25.0),
-                 streak_prob: float = 0.35) -> ScannerDraw:
+                 streak_prob: float = 0.35, thickness_range=None) -> ScannerDraw:
+    """One scanner. The slice thickness follows the grid's slice spacing, unless ``thickness_range``
+    (mm) is given: then it is drawn from that range whatever the grid, which mimics scans acquired
+    with thin or thick slices and resampled onto a working grid (training phantoms)."""
     thickness = max(slice_spacing, rng.choice([1.0, 1.25, 2.0, 2.5, 3.0, 5.0])) * rng.uniform(1.0, 1.2)
     thickness = min(thickness, max(slice_spacing * 1.5, 1.0))
+    if thickness_range is not None:
+        thickness = rng.uniform(float(thickness_range[0]), float(thickness_range[1]))
     return ScannerDraw(
         psf_mm=rng.uniform(0.35, 0.8), thickness_mm=float(thickness),
         noise_sd=rng.uniform(*noise_range), noise_sigma_px=rng.uniform(0.55, 1.1), band=rng.uniform(0.2, 0.6),

@@ -1,7 +1,7 @@
 """The ``train`` and ``evaluate`` sub-commands of ``kidney-tumor-seg``.
 
     kidney-tumor-seg train --out RUN_DIR [--data KITS_DIR] [--kits-masks DIR [--cases SPEC]]
-        [--procedural N] [--config paper|compact|tiny] [--networks z,xy,seg] [--epochs N]
+        [--procedural N] [--config paper|bundled|compact|tiny] [--networks z,xy,seg] [--epochs N]
         [--steps-per-epoch N] [--batch-size N|z=32,xy=16,seg=2] [--device auto|cpu|cuda]
         [--workers N] [--resume] [--seed S] [--time-budget-min M] [--cache DIR] ...
     kidney-tumor-seg evaluate --weights BUNDLE [--kits-masks DIR [--cases SPEC] | --procedural N]
@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import InputError
 from . import NETWORKS, SHORT_NAMES
 
-CONFIGS = ("paper", "compact", "tiny")
+CONFIGS = ("paper", "bundled", "compact", "tiny")
 
 
 # --- small parsers ------------------------------------------------------------------------------
@@ -85,7 +85,12 @@ def parse_batch_sizes(text: str | None) -> dict[str, int]:
 def model_config(name: str):
     from ..config import ModelConfig
 
-    return {"paper": ModelConfig.paper, "compact": ModelConfig.compact, "tiny": ModelConfig.tiny}[name]()
+    return {
+        "paper": ModelConfig.paper,
+        "bundled": ModelConfig.bundled,
+        "compact": ModelConfig.compact,
+        "tiny": ModelConfig.tiny,
+    }[name]()
 
 
 class ProgressBar:
@@ -94,7 +99,9 @@ class ProgressBar:
     def __init__(self, stream=None, width: int = 30, interval: float = 0.5, enabled: bool = True):
         self.stream = stream or sys.stderr
         self.width = width
-        self.interval = interval
+        # Into a log file (no terminal), a bar line every 30 s instead of a redraw twice a second.
+        isatty = getattr(self.stream, "isatty", None)
+        self.interval = interval if (isatty is None or isatty()) else max(interval, 30.0)
         self.enabled = enabled
         self._last = 0.0
         self._len = 0
@@ -311,7 +318,7 @@ def _section(name: str) -> str:
     return {"z_localiser": "z_localiser", "xy_localiser": "xy_localiser", "segmenter": "segmenter"}[name]
 
 
-def write_run_bundle(out, cfg, results, trainer, split, source, args, device, ctx, t0) -> Path:
+def write_run_bundle(out, cfg, results, trainer, split, source, args, device, ctx, t0, half: bool = False) -> Path:
     from ..weights import save_bundle
     from .loop import hardware_description
 
@@ -334,7 +341,7 @@ def write_run_bundle(out, cfg, results, trainer, split, source, args, device, ct
         "options": trainer.opts.to_dict(),
     }
     metrics = {"validation": trainer.summaries}
-    return save_bundle(Path(out) / "bundle.safetensors", cfg, states, provenance=provenance, metrics=metrics)
+    return save_bundle(Path(out) / "bundle.safetensors", cfg, states, provenance=provenance, metrics=metrics, half=half)
 
 
 # --- evaluate ------------------------------------------------------------------------------------

@@ -182,7 +182,14 @@ class PhantomSource(CaseSource):
 
     ``variants`` phantoms (different textures, contrast and noise) are made of each mask; the
     procedural cases are ``proc_0000`` ... Every phantom is seeded from (seed, case, variant), so a
-    case is the same on every machine.
+    case is the same on every machine. ``slice_thickness_mm`` (lo, hi): the simulated acquisition's
+    slice thickness is drawn from this range whatever the working grid, so the networks see thin-
+    and thick-slice scans resampled onto their grid (None: it follows the grid).
+
+    A case is built in two steps: its label maps on the two working grids (``label_grids``; the
+    only step that resamples, with SimpleITK), then one phantom on each (``phantoms_on``: numpy and
+    scipy only). ``write_label_pack`` stores the first step, so ``PackedPhantomSource`` can run the
+    second on a machine without SimpleITK or the original masks.
     """
 
     kind = "phantoms"
@@ -195,6 +202,7 @@ class PhantomSource(CaseSource):
         variants: int = 1,
         procedural_fov_mm=(320.0, 320.0, 240.0),
         phantom_config=None,
+        slice_thickness_mm: tuple[float, float] | None = None,
     ):
         self.masks = {k: Path(v) for k, v in (masks or {}).items()}
         self.procedural = int(procedural)
@@ -202,6 +210,7 @@ class PhantomSource(CaseSource):
         self.variants = max(1, int(variants))
         self.procedural_fov_mm = tuple(float(v) for v in procedural_fov_mm)
         self.phantom_config = phantom_config
+        self.slice_thickness_mm = None if slice_thickness_mm is None else tuple(float(v) for v in slice_thickness_mm)
 
     @staticmethod
     def masks_in(folder, case_ids: Iterable[str] | None = None) -> dict[str, Path]:
@@ -216,9 +225,13 @@ class PhantomSource(CaseSource):
             found = {c: found[c] for c in wanted}
         return found
 
+    def base_ids(self) -> list[str]:
+        """One id per label map: the masks, then the procedural anatomies."""
+        return list(self.masks) + [f"proc_{i:04d}" for i in range(self.procedural)]
+
     def case_ids(self) -> list[str]:
         ids = []
-        for base in list(self.masks) + [f"proc_{i:04d}" for i in range(self.procedural)]:
+        for base in self.base_ids():
             ids.append(base)
             ids.extend(f"{base}{VARIANT_SEP}{v}" for v in range(1, self.variants))
         return ids
@@ -226,6 +239,14 @@ class PhantomSource(CaseSource):
     def _parse(self, case_id: str) -> tuple[str, int]:
         base, _, variant = case_id.partition(VARIANT_SEP)
         return base, int(variant or 0)
+
+    def _phantom_signature(self) -> dict:
+        sig = {}
+        if self.phantom_config is not None:
+            sig["phantom_config"] = repr(self.phantom_config)
+        if self.slice_thickness_mm is not None:
+            sig["slice_thickness_mm"] = list(self.slice_thickness_mm)
+        return sig
 
     def signature(self, case_id: str) -> dict:
         base, variant = self._parse(case_id)
@@ -236,24 +257,39 @@ class PhantomSource(CaseSource):
             sig["mask_bytes"] = path.stat().st_size if path.exists() else -1
         else:
             sig["fov_mm"] = list(self.procedural_fov_mm)
-        if self.phantom_config is not None:
-            sig["phantom_config"] = repr(self.phantom_config)
+        sig.update(self._phantom_signature())
         return sig
 
     def build(self, case_id: str, cfg: ModelConfig) -> CachedCase:
         base, variant = self._parse(case_id)
-        seed = stable_seed(self.seed, base, variant)
+        loc_labels, seg_labels = self.label_grids(base, cfg)
+        return self.phantoms_on(case_id, loc_labels, seg_labels, stable_seed(self.seed, base, variant), cfg)
+
+    def label_grids(self, base: str, cfg: ModelConfig) -> tuple[Volume, Volume]:
+        """The case's labels on the localiser grid (whole scan) and the segmenter grid (the
+        kidneys' neighbourhood, the reach of a rotated patch), both canonical."""
         if base in self.masks:
-            return self._build_from_mask(case_id, self.masks[base], seed, cfg)
+            from ..io import read_volume
+
+            mask = read_volume(self.masks[base])
+            return _label_grids(mask.with_array(np.asarray(mask.array).astype(np.uint8)), cfg)
         if not base.startswith("proc_"):
-            raise InputError(f"The phantom source has no case {case_id}.")
+            raise InputError(f"The phantom source has no case {base}.")
         from ..phantoms import procedural_labels
 
         spacing = tuple(cfg.segmenter.spacing_mm)
         shape_zyx = tuple(max(8, int(round(f / s))) for f, s in zip(self.procedural_fov_mm[::-1], spacing[::-1]))
-        labels = procedural_labels(seed, shape_zyx, spacing)
-        labels = labels.with_array(np.asarray(labels.array).astype(np.uint8))
-        return prepare_case(case_id, self._phantom(labels, seed), labels, cfg)
+        labels = procedural_labels(stable_seed(self.seed, base, 0), shape_zyx, spacing)
+        return _label_grids(labels.with_array(np.asarray(labels.array).astype(np.uint8)), cfg)
+
+    def phantoms_on(self, case_id: str, loc_labels: Volume, seg_labels: Volume, seed: int, cfg) -> CachedCase:
+        """One phantom on each working grid (same seed: the same patient, scanner and phase)."""
+        loc_sp, seg_sp = tuple(cfg.localiser_grid.spacing_mm), tuple(cfg.segmenter.spacing_mm)
+        localiser = grid_arrays(self._phantom(loc_labels, seed), loc_labels, loc_sp, cfg.preprocess)
+        segmenter = grid_arrays(
+            self._phantom(seg_labels, seed), seg_labels, seg_sp, cfg.preprocess, segmenter_margin_zyx(cfg)
+        )
+        return CachedCase(case_id, localiser, segmenter)
 
     def _phantom(self, labels: Volume, seed: int):
         """A phantom on ``labels``' grid; its coarse anatomy grid is no finer than the grid needs."""
@@ -262,38 +298,9 @@ class PhantomSource(CaseSource):
         config = self.phantom_config
         if config is None:
             work = max(1.6, 1.25 * min(labels.spacing[0], labels.spacing[1]))
-            config = PhantomConfig(work_spacing_mm=work, tissue_map=False)
+            config = PhantomConfig(work_spacing_mm=work, tissue_map=False, slice_thickness_mm=self.slice_thickness_mm)
         ct, _info = make_phantom(labels, seed, config)
         return ct
-
-    def _build_from_mask(self, case_id: str, path: Path, seed: int, cfg: ModelConfig) -> CachedCase:
-        """Two phantoms on working grids: the whole scan at the localiser spacing, and the
-        kidneys' neighbourhood (the reach of a rotated patch) at the segmenter spacing. The mask is
-        resampled by nearest straight onto each grid, never handled at its full resolution."""
-        from ..io import read_volume
-
-        mask = read_volume(path)
-        mask = mask.with_array(np.asarray(mask.array).astype(np.uint8))
-        loc_sp = tuple(cfg.localiser_grid.spacing_mm)
-        origin, size = canonical_box(mask, loc_sp)
-        loc_labels = resample_box(mask, origin, size, loc_sp, "nearest", 0, np.uint8)
-        localiser = grid_arrays(self._phantom(loc_labels, seed), loc_labels, loc_sp, cfg.preprocess)
-
-        seg_sp = np.asarray(cfg.segmenter.spacing_mm, dtype=np.float64)
-        lo, hi = mask.physical_bounds()
-        nz = np.nonzero(loc_labels.array > 0)
-        if nz[0].size:  # the kidneys' box (from the coarse grid) grown by the patch reach
-            idx_lo = np.array([a.min() for a in nz][::-1], dtype=np.float64)
-            idx_hi = np.array([a.max() for a in nz][::-1], dtype=np.float64)
-            margin = np.asarray(segmenter_margin_zyx(cfg)[::-1]) * seg_sp + 2 * np.asarray(loc_sp)
-            lo = np.maximum(lo, np.asarray(loc_labels.origin) + idx_lo * loc_sp - margin)
-            hi = np.minimum(hi, np.asarray(loc_labels.origin) + idx_hi * loc_sp + margin)
-        size = tuple(int(s) for s in np.maximum(1, np.floor((hi - lo) / seg_sp + 1e-6).astype(int) + 1))
-        seg_labels = resample_box(mask, lo, size, tuple(seg_sp), "nearest", 0, np.uint8)
-        segmenter = grid_arrays(
-            self._phantom(seg_labels, seed), seg_labels, tuple(seg_sp), cfg.preprocess, segmenter_margin_zyx(cfg)
-        )
-        return CachedCase(case_id, localiser, segmenter)
 
     def describe(self) -> dict:
         return {
@@ -303,7 +310,134 @@ class PhantomSource(CaseSource):
             "procedural": self.procedural,
             "variants": self.variants,
             "seed": self.seed,
+            "slice_thickness_mm": None if self.slice_thickness_mm is None else list(self.slice_thickness_mm),
         }
+
+
+def _label_grids(mask: Volume, cfg: ModelConfig) -> tuple[Volume, Volume]:
+    """``mask`` resampled by nearest straight onto the two working grids (never handled at its full
+    resolution): the whole scan at the localiser spacing, the kidneys' box grown by the patch reach
+    at the segmenter spacing."""
+    loc_sp = tuple(cfg.localiser_grid.spacing_mm)
+    origin, size = canonical_box(mask, loc_sp)
+    loc_labels = resample_box(mask, origin, size, loc_sp, "nearest", 0, np.uint8)
+    seg_sp = np.asarray(cfg.segmenter.spacing_mm, dtype=np.float64)
+    lo, hi = mask.physical_bounds()
+    nz = np.nonzero(loc_labels.array > 0)
+    if nz[0].size:  # the kidneys' box (from the coarse grid) grown by the patch reach
+        idx_lo = np.array([a.min() for a in nz][::-1], dtype=np.float64)
+        idx_hi = np.array([a.max() for a in nz][::-1], dtype=np.float64)
+        margin = np.asarray(segmenter_margin_zyx(cfg)[::-1]) * seg_sp + 2 * np.asarray(loc_sp)
+        lo = np.maximum(lo, np.asarray(loc_labels.origin) + idx_lo * loc_sp - margin)
+        hi = np.minimum(hi, np.asarray(loc_labels.origin) + idx_hi * loc_sp + margin)
+    size = tuple(int(s) for s in np.maximum(1, np.floor((hi - lo) / seg_sp + 1e-6).astype(int) + 1))
+    seg_labels = resample_box(mask, lo, size, tuple(seg_sp), "nearest", 0, np.uint8)
+    return loc_labels, seg_labels
+
+
+# --- label packs -------------------------------------------------------------------------------
+PACK_VERSION = 1
+_PACK_GRIDS = ("localiser", "segmenter")
+
+
+def _grids_signature(cfg: ModelConfig) -> dict:
+    return {
+        "localiser_spacing": list(cfg.localiser_grid.spacing_mm),
+        "segmenter_spacing": list(cfg.segmenter.spacing_mm),
+        "segmenter_margin": list(segmenter_margin_zyx(cfg)),
+    }
+
+
+def _pack_one(args) -> tuple[str, str | None]:
+    source, base, cfg, folder = args
+    try:
+        grids = source.label_grids(base, cfg)
+    except Exception as err:  # one broken mask must not stop the pack
+        return base, f"{type(err).__name__}: {err}"
+    arrays = {}
+    for name, vol in zip(_PACK_GRIDS, grids):
+        arrays[f"{name}_labels"] = np.ascontiguousarray(vol.array, dtype=np.uint8)
+        arrays[f"{name}_origin"] = np.asarray(vol.origin, dtype=np.float64)
+        arrays[f"{name}_spacing"] = np.asarray(vol.spacing, dtype=np.float64)
+    tmp = Path(folder) / f".{base}.npz"
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    tmp.replace(Path(folder) / f"{base}.npz")
+    return base, None
+
+
+def write_label_pack(source: PhantomSource, cfg: ModelConfig, folder, workers: int = 0) -> dict[str, str]:
+    """Every label map of ``source`` on ``cfg``'s two working grids, one compressed ``.npz`` per
+    case plus ``pack.json``; returns ``{case: error}`` for maps that could not be read."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(source, base, cfg, str(folder)) for base in source.base_ids()]
+    if workers > 0 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            done = list(pool.map(_pack_one, jobs))
+    else:
+        done = [_pack_one(job) for job in jobs]
+    errors = {base: err for base, err in done if err}
+    meta = {
+        "version": PACK_VERSION,
+        "grids": _grids_signature(cfg),
+        "cases": [base for base, err in done if not err],
+        "source": source.describe(),
+    }
+    (folder / "pack.json").write_text(json.dumps(meta, indent=1))
+    return errors
+
+
+class PackedPhantomSource(PhantomSource):
+    """Phantoms around the label maps of a pack written by ``write_label_pack``.
+
+    Needs neither the original masks nor SimpleITK: the labels already lie on the canonical working
+    grids, so building a case is phantom generation alone. The pack's grids must be ``cfg``'s.
+    """
+
+    kind = "phantom-pack"
+
+    def __init__(self, folder, seed: int = 0, variants: int = 1, phantom_config=None, slice_thickness_mm=None):
+        super().__init__(None, 0, seed, variants, phantom_config=phantom_config, slice_thickness_mm=slice_thickness_mm)
+        self.folder = Path(folder)
+        try:
+            self.meta = json.loads((self.folder / "pack.json").read_text())
+        except (OSError, ValueError):
+            raise InputError(f"{self.folder} is not a label pack (no readable pack.json).") from None
+        if self.meta.get("version") != PACK_VERSION:
+            raise InputError(f"The label pack {self.folder} has version {self.meta.get('version')}, not {PACK_VERSION}.")
+        self._bases = list(self.meta["cases"])
+
+    def check_grids(self, cfg: ModelConfig) -> None:
+        if self.meta["grids"] != _grids_signature(cfg):
+            raise InputError(f"The label pack {self.folder} was made for other working grids than this configuration's.")
+
+    def base_ids(self) -> list[str]:
+        return list(self._bases)
+
+    def signature(self, case_id: str) -> dict:
+        base, variant = self._parse(case_id)
+        path = self.folder / f"{base}.npz"
+        sig = {"kind": self.kind, "case": base, "variant": variant, "seed": self.seed,
+               "pack": str(self.folder.resolve()), "bytes": path.stat().st_size if path.exists() else -1}
+        sig.update(self._phantom_signature())
+        return sig
+
+    def label_grids(self, base: str, cfg: ModelConfig) -> tuple[Volume, Volume]:
+        if base not in self._bases:
+            raise InputError(f"The label pack {self.folder} has no case {base}.")
+        self.check_grids(cfg)
+        with np.load(self.folder / f"{base}.npz", allow_pickle=False) as data:
+            return tuple(
+                Volume(data[f"{g}_labels"], tuple(data[f"{g}_spacing"]), tuple(data[f"{g}_origin"]), np.eye(3))
+                for g in _PACK_GRIDS
+            )
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update({"kind": self.kind, "pack": str(self.folder), "masks": self._bases,
+                  "mask_folders": self.meta.get("source", {}).get("mask_folders", [])})
+        return d
 
 
 class MultiSource(CaseSource):

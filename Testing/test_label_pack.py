@@ -1,0 +1,150 @@
+"""Label packs (training on a machine without SimpleITK or the masks), simulated slice thickness,
+the bundled configuration, and merging networks of several runs into one bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from KidneyTumorSegLib.config import ModelConfig
+from KidneyTumorSegLib.errors import InputError
+from KidneyTumorSegLib.phantoms import PhantomConfig, make_phantom
+from KidneyTumorSegLib.phantoms.scanner import draw_scanner
+from KidneyTumorSegLib.training.sources import PackedPhantomSource, PhantomSource, write_label_pack
+from KidneyTumorSegLib.volume import Volume
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ModelConfig.tiny()
+THICK = (1.0, 5.0)
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pack")
+    source = PhantomSource(procedural=2, seed=3, slice_thickness_mm=THICK)
+    assert write_label_pack(source, TINY, folder) == {}
+    return source, folder
+
+
+def _same_case(a, b):
+    for part in ("localiser", "segmenter"):
+        x, y = getattr(a, part), getattr(b, part)
+        np.testing.assert_array_equal(x.labels, y.labels)
+        np.testing.assert_array_equal(x.image, y.image)
+        assert x.spacing == y.spacing and np.allclose(x.origin, y.origin)
+
+
+def test_a_packed_case_is_the_case_the_original_source_builds(pack):
+    source, folder = pack
+    meta = json.loads((folder / "pack.json").read_text())
+    assert meta["cases"] == ["proc_0000", "proc_0001"]
+    packed = PackedPhantomSource(folder, seed=3, variants=2, slice_thickness_mm=THICK)
+    assert packed.case_ids() == ["proc_0000", "proc_0000~v1", "proc_0001", "proc_0001~v1"]
+    original = source.build("proc_0001", TINY)
+    assert (original.segmenter.labels == 2).any(), "the procedural case should hold a tumour"
+    _same_case(original, packed.build("proc_0001", TINY))
+    variant = packed.build("proc_0001~v1", TINY)  # another phantom of the same anatomy
+    np.testing.assert_array_equal(variant.segmenter.labels, original.segmenter.labels)
+    assert not np.array_equal(variant.segmenter.image, original.segmenter.image)
+
+
+def test_a_pack_trains_where_simpleitk_cannot_be_imported(pack, tmp_path):
+    _, folder = pack
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "SimpleITK.py").write_text("raise ImportError('SimpleITK is not installed here')\n")
+    code = (
+        "import sys\n"
+        "try:\n    import SimpleITK\nexcept ImportError:\n    print('no SimpleITK')\n"
+        "from KidneyTumorSegLib.config import ModelConfig\n"
+        "from KidneyTumorSegLib.training.sources import PackedPhantomSource\n"
+        f"case = PackedPhantomSource({str(folder)!r}, seed=3).build('proc_0000', ModelConfig.tiny())\n"
+        "print(case.segmenter.labels.max(), case.localiser.image.dtype)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(REPO)]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["no", "SimpleITK", "2", "float16"]
+
+
+def test_a_pack_made_for_other_grids_or_no_pack_at_all_is_refused(pack, tmp_path):
+    _, folder = pack
+    packed = PackedPhantomSource(folder, seed=3)
+    with pytest.raises(InputError, match="other working grids"):
+        packed.build("proc_0000", ModelConfig.compact())
+    with pytest.raises(InputError, match="no case"):
+        packed.build("case_00042", TINY)
+    with pytest.raises(InputError, match="not a label pack"):
+        PackedPhantomSource(tmp_path)
+
+
+def test_slice_thickness_range_overrides_the_grid():
+    rng = np.random.default_rng(0)
+    follow = [draw_scanner(rng, 2.0).thickness_mm for _ in range(200)]
+    assert max(follow) <= 3.0 + 1e-9  # at most 1.5 x the slice spacing
+    drawn = [draw_scanner(rng, 2.0, thickness_range=(4.0, 6.0)).thickness_mm for _ in range(200)]
+    assert 4.0 <= min(drawn) and max(drawn) <= 6.0
+
+
+def test_thick_simulated_slices_blur_the_kidney_along_z_only_as_much_as_asked():
+    lab = np.zeros((40, 48, 48), np.uint8)
+    lab[12:28, 14:34, 14:34] = 1
+    lab[18:24, 20:28, 20:28] = 2
+    labels = Volume(lab, (2.0, 2.0, 2.0))
+
+    def z_edges(thickness):
+        cfg = PhantomConfig(noise_sd_range=(0.0, 0.0), streak_prob=0.0, slice_thickness_mm=(thickness, thickness),
+                            tissue_map=False, dtype="float32")
+        ct = make_phantom(labels, 11, cfg)[0].array[:, 20:28, 20:28]
+        return float(np.abs(np.diff(ct, axis=0)).max())
+
+    thin, thick = z_edges(0.5), z_edges(6.0)
+    assert thick < 0.6 * thin
+
+
+def test_the_bundled_configuration_round_trips_and_sees_the_papers_field_of_view():
+    cfg = ModelConfig.bundled()
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    seg = cfg.segmenter
+    reach_mm = [n * s for n, s in zip(seg.patch_size_xyz, seg.spacing_mm)]
+    assert reach_mm[0] >= 128 and reach_mm[1] >= 128 and reach_mm[2] >= 80
+    assert cfg.localiser_grid == ModelConfig.compact().localiser_grid
+
+
+def test_merge_takes_networks_from_other_files_and_records_where_they_came_from(tmp_path):
+    from KidneyTumorSegLib.training.checkpoint import save_checkpoint
+    from KidneyTumorSegLib.weights import load_bundle, save_bundle, seeded_bundle
+
+    a, b, c = (seeded_bundle(TINY, seed) for seed in (0, 1, 2))
+    save_bundle(tmp_path / "a.safetensors", a.config, a.state_dicts, provenance={"name": "run a"})
+    save_bundle(tmp_path / "b.safetensors", b.config, b.state_dicts)
+    save_checkpoint(tmp_path / "xy_localiser.best.safetensors", {"network": "xy_localiser", "model": c.state_dicts["xy_localiser"]})
+    (tmp_path / "metrics.csv").write_text(
+        "network,epoch,lr,train_loss,val_loss,val_dice_kidney,val_dice_tumour,val_accuracy,seconds\n"
+        "xy_localiser,1,0.002,0.5,0.40,0.70,,,10\nxy_localiser,2,0.002,0.3,0.20,0.91,,,20\n"
+        "xy_localiser,3,0.002,0.2,0.25,0.88,,,30\n"
+    )
+    out = tmp_path / "merged.safetensors"
+    cmd = [sys.executable, str(REPO / "scripts" / "merge_bundle.py"), "--base", str(tmp_path / "a.safetensors"),
+           "--take", f"segmenter={tmp_path / 'b.safetensors'}",
+           "--take", f"xy_localiser={tmp_path / 'xy_localiser.best.safetensors'}",
+           "--metrics", str(tmp_path / "metrics.csv"), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    merged = load_bundle(out)
+    for net, source in (("z_localiser", a), ("segmenter", b), ("xy_localiser", c)):
+        for key, value in source.state_dicts[net].items():
+            torch.testing.assert_close(merged.state_dicts[net][key], value.float() if value.is_floating_point() else value)
+    prov = merged.header["provenance"]
+    assert prov["name"] == "run a"
+    assert "b.safetensors" in prov["networks"]["segmenter"]
+    assert "xy_localiser.best.safetensors" in prov["networks"]["xy_localiser"]
+    xy = merged.header["metrics"]["validation"]["xy_localiser"]
+    assert xy["best_epoch"] == 2 and xy["val_dice_kidney"] == pytest.approx(0.91)
