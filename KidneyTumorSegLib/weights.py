@@ -103,10 +103,20 @@ def save_bundle(
 
 
 def _sniff(path: Path) -> None:
-    """Refuse anything that is not a safetensors file before handing it to a parser."""
+    """Refuse anything that is not a safetensors file before handing it to a parser.
+
+    The safetensors layout (an 8-byte header length, then a JSON header) is recognised first: its
+    length's first byte can be any value, including those that start a pickle or a zip archive.
+    """
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(16)
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if n <= _MAX_HEADER and head[8:9] == b"{":
+            if 8 + n > size:
+                raise WeightsError(f"The weights file {path} is truncated.")
+            return
     if head[:1] == b"\x80" or head[:2] == b"PK" or head[:1] in (b"(", b"c", b"}"):
         raise WeightsError(
             f"The weights file {path} is a pickle or zip archive, not a KidneyTumorSeg weights bundle; "
@@ -114,11 +124,7 @@ def _sniff(path: Path) -> None:
         )
     if len(head) < 9:
         raise WeightsError(f"The weights file {path} is truncated or empty.")
-    (n,) = struct.unpack("<Q", head[:8])
-    if n > _MAX_HEADER or head[8:9] != b"{":
-        raise WeightsError(f"The weights file {path} is not a safetensors weights bundle.")
-    if 8 + n > size:
-        raise WeightsError(f"The weights file {path} is truncated.")
+    raise WeightsError(f"The weights file {path} is not a safetensors weights bundle.")
 
 
 def load_bundle(path: str | os.PathLike | None = None) -> Bundle:

@@ -115,6 +115,27 @@ def test_torch_zip_checkpoint_is_rejected(tmp_path):
         load_bundle(path)
 
 
+@pytest.mark.parametrize("prefix", [b"\x80", b"(", b"PK"])
+def test_a_bundle_whose_header_length_starts_like_a_pickle_or_zip_still_loads(tmp_path, bundle_file, prefix):
+    """The 8-byte header length is any number (a multiple of 8): its first bytes can read as a
+    pickle opcode or as 'PK'. Found when the real bundle's header grew to 0xf628 bytes and was
+    refused as a pickle."""
+    _, original = bundle_file
+    path = tmp_path / "padded.safetensors"
+    target = int.from_bytes(prefix, "little")
+    modulus = 256 ** len(prefix)
+
+    def save(pad: int) -> bytes:
+        save_bundle(path, original.config, original.state_dicts, provenance={"name": "x" * pad})
+        return path.read_bytes()[: len(prefix)]
+
+    first = int.from_bytes(save(0), "little")
+    guess = (target - first) % modulus
+    assert any(save(max(0, guess + d)) == prefix for d in range(-8, 9)), "no padding gave the prefix"
+    loaded = load_bundle(path)
+    assert loaded.header["provenance"]["name"].startswith("x")
+
+
 def test_seeded_bundle_is_deterministic():
     a = seeded_bundle(ModelConfig.tiny(), seed=5).state_dicts["segmenter"]
     b = seeded_bundle(ModelConfig.tiny(), seed=5).state_dicts["segmenter"]
