@@ -110,6 +110,9 @@ def main(argv=None) -> int:
     p.add_argument("--procedural", type=int, default=16)
     p.add_argument("--variants", type=int, default=1, help="phantoms per training label map")
     p.add_argument("--slice-thickness", default="0.8,5.0", help="simulated slice thickness range, mm ('' follows the grid)")
+    p.add_argument("--acquisition-pixel", default="0.6,4.0",
+                   help="simulated pixel size range, mm: finer pixels mean less noise on the working grid ('' for none)")
+    p.add_argument("--finetune-from", help="start the trained networks from this bundle's weights")
     p.add_argument("--config", choices=("bundled", "compact"), default="bundled")
     p.add_argument("--networks", default="z,xy,seg")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
@@ -145,6 +148,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     bar = ProgressBar()
     thickness = tuple(float(v) for v in args.slice_thickness.split(",")) if args.slice_thickness else None
+    pixel = tuple(float(v) for v in args.acquisition_pixel.split(",")) if args.acquisition_pixel else None
     cfg = bundled_config(args.config)
     if args.resume and (out / "run.json").exists():
         from KidneyTumorSegLib.config import ModelConfig
@@ -152,7 +156,8 @@ def main(argv=None) -> int:
         cfg = ModelConfig.from_dict(json.loads((out / "run.json").read_text())["config"])
     masks = {}
     if args.pack:
-        packed = PackedPhantomSource(args.pack, args.seed, max(1, args.variants), slice_thickness_mm=thickness)
+        packed = PackedPhantomSource(args.pack, args.seed, max(1, args.variants), slice_thickness_mm=thickness,
+                                     acquisition_pixel_mm=pixel, localiser_only="seg" not in args.networks)
         packed.check_grids(cfg)
         heldout = json.loads((Path(args.pack) / "heldout.json").read_text())["heldout"]
         pool = [c for c in packed.base_ids() if c.startswith("case_")]
@@ -176,7 +181,8 @@ def main(argv=None) -> int:
     assert not used & set(heldout), "held-out cases leaked into the split"
     if not args.pack:
         source = MultiSource([PhantomSource({c: masks[c] for c in sorted(used) if c in masks}, args.procedural,
-                                            seed=args.seed, variants=max(1, args.variants), slice_thickness_mm=thickness)])
+                                            seed=args.seed, variants=max(1, args.variants), slice_thickness_mm=thickness,
+                                            acquisition_pixel_mm=pixel, localiser_only="seg" not in args.networks)])
 
     lr = args.lr if args.lr is not None else (2e-3 if args.optimizer == "adamw" else 0.01)
     batch = [int(v) for v in args.batch.split(",")]
@@ -211,8 +217,21 @@ def main(argv=None) -> int:
         bar.line(f"{row['network']} epoch {row['epoch']}: lr {row['lr']:.1e} train {row['train_loss']:.4f} "
                  f"val {row['val_loss']:.4f} {' '.join(bits)} ({row['seconds']:.0f} s)")
 
+    init_states = None
+    if args.finetune_from:
+        from KidneyTumorSegLib.weights import load_bundle
+
+        start = load_bundle(args.finetune_from)
+        if start.config != cfg:
+            cfg_dict, start_dict = cfg.to_dict(), start.config.to_dict()
+            for part in ("segmenter", "xy_localiser", "z_localiser"):  # thresholds may differ, shapes may not
+                for key in ("threshold", "kidney_threshold", "tumour_threshold"):
+                    cfg_dict[part].pop(key, None), start_dict[part].pop(key, None)
+            if cfg_dict != start_dict:
+                raise SystemExit(f"{args.finetune_from} has another network configuration than --config {args.config}.")
+        init_states = start.state_dicts
     trainer = Trainer(cfg, train_cases, val_cases, opts, out, device, resume=args.resume,
-                      progress=bar, on_epoch=on_epoch)
+                      progress=bar, on_epoch=on_epoch, init_states=init_states)
     results = trainer.run()
     ns = argparse.Namespace(config=f"{args.config} (scripts/train_bundled.py)", init_weights=None)
     from KidneyTumorSegLib.training.distributed import SINGLE

@@ -124,6 +124,7 @@ class Trainer:
         resume: bool = False,
         progress: Progress | None = None,
         on_epoch: Callable[[dict], None] | None = None,
+        init_states: dict[str, dict] | None = None,
     ):
         if not train_cases:
             raise ValueError("no training cases")
@@ -139,6 +140,7 @@ class Trainer:
         self.resume = resume
         self.progress = progress or (lambda f, m: None)
         self.on_epoch = on_epoch or (lambda row: None)
+        self.init_states = dict(init_states or {})  # fine-tuning: start these networks from given weights
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.histories: dict[str, list[dict]] = {}
         self.summaries: dict[str, dict] = {}
@@ -165,7 +167,10 @@ class Trainer:
         from ..weights import build_networks
 
         torch.manual_seed(stable_seed(self.opts.seed, name, "init"))
-        return build_networks(self.cfg)[name]
+        net = build_networks(self.cfg)[name]
+        if name in self.init_states:
+            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.init_states[name].items()})
+        return net
 
     def _budget_for(self, name: str, spent_before: float) -> float | None:
         o = self.opts

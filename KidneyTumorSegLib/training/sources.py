@@ -20,6 +20,7 @@ train/validation split stays at case level.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -185,6 +186,9 @@ class PhantomSource(CaseSource):
     case is the same on every machine. ``slice_thickness_mm`` (lo, hi): the simulated acquisition's
     slice thickness is drawn from this range whatever the working grid, so the networks see thin-
     and thick-slice scans resampled onto their grid (None: it follows the grid).
+    ``acquisition_pixel_mm`` (lo, hi): the simulated acquisition's pixel size; a scan with pixels
+    finer than the working grid is averaged onto it, which divides its noise by (grid / pixel), so
+    the phantom's noise is scaled by min(1, pixel / grid) (None: full scanner noise on every grid).
 
     A case is built in two steps: its label maps on the two working grids (``label_grids``; the
     only step that resamples, with SimpleITK), then one phantom on each (``phantoms_on``: numpy and
@@ -203,14 +207,18 @@ class PhantomSource(CaseSource):
         procedural_fov_mm=(320.0, 320.0, 240.0),
         phantom_config=None,
         slice_thickness_mm: tuple[float, float] | None = None,
+        acquisition_pixel_mm: tuple[float, float] | None = None,
+        localiser_only: bool = False,
     ):
         self.masks = {k: Path(v) for k, v in (masks or {}).items()}
+        self.localiser_only = bool(localiser_only)  # no segmenter phantom (training the localisers alone)
         self.procedural = int(procedural)
         self.seed = int(seed)
         self.variants = max(1, int(variants))
         self.procedural_fov_mm = tuple(float(v) for v in procedural_fov_mm)
         self.phantom_config = phantom_config
         self.slice_thickness_mm = None if slice_thickness_mm is None else tuple(float(v) for v in slice_thickness_mm)
+        self.acquisition_pixel_mm = None if acquisition_pixel_mm is None else tuple(float(v) for v in acquisition_pixel_mm)
 
     @staticmethod
     def masks_in(folder, case_ids: Iterable[str] | None = None) -> dict[str, Path]:
@@ -246,6 +254,10 @@ class PhantomSource(CaseSource):
             sig["phantom_config"] = repr(self.phantom_config)
         if self.slice_thickness_mm is not None:
             sig["slice_thickness_mm"] = list(self.slice_thickness_mm)
+        if self.acquisition_pixel_mm is not None:
+            sig["acquisition_pixel_mm"] = list(self.acquisition_pixel_mm)
+        if self.localiser_only:
+            sig["localiser_only"] = True
         return sig
 
     def signature(self, case_id: str) -> dict:
@@ -286,6 +298,9 @@ class PhantomSource(CaseSource):
         """One phantom on each working grid (same seed: the same patient, scanner and phase)."""
         loc_sp, seg_sp = tuple(cfg.localiser_grid.spacing_mm), tuple(cfg.segmenter.spacing_mm)
         localiser = grid_arrays(self._phantom(loc_labels, seed), loc_labels, loc_sp, cfg.preprocess)
+        if self.localiser_only:  # an empty segmenter grid: the patch sampler is never built
+            empty = CaseArrays(np.zeros((0, 0, 0), np.float16), np.zeros((0, 0, 0), np.uint8), seg_sp, seg_labels.origin)
+            return CachedCase(case_id, localiser, empty)
         segmenter = grid_arrays(
             self._phantom(seg_labels, seed), seg_labels, seg_sp, cfg.preprocess, segmenter_margin_zyx(cfg)
         )
@@ -299,6 +314,11 @@ class PhantomSource(CaseSource):
         if config is None:
             work = max(1.6, 1.25 * min(labels.spacing[0], labels.spacing[1]))
             config = PhantomConfig(work_spacing_mm=work, tissue_map=False, slice_thickness_mm=self.slice_thickness_mm)
+        if self.acquisition_pixel_mm is not None:
+            pixel = np.random.default_rng([int(seed), 4099]).uniform(*self.acquisition_pixel_mm)
+            factor = min(1.0, pixel / min(labels.spacing[0], labels.spacing[1]))
+            lo, hi = config.noise_sd_range
+            config = dataclasses.replace(config, noise_sd_range=(lo * factor, hi * factor))
         ct, _info = make_phantom(labels, seed, config)
         return ct
 
@@ -311,6 +331,7 @@ class PhantomSource(CaseSource):
             "variants": self.variants,
             "seed": self.seed,
             "slice_thickness_mm": None if self.slice_thickness_mm is None else list(self.slice_thickness_mm),
+            "acquisition_pixel_mm": None if self.acquisition_pixel_mm is None else list(self.acquisition_pixel_mm),
         }
 
 
@@ -397,8 +418,10 @@ class PackedPhantomSource(PhantomSource):
 
     kind = "phantom-pack"
 
-    def __init__(self, folder, seed: int = 0, variants: int = 1, phantom_config=None, slice_thickness_mm=None):
-        super().__init__(None, 0, seed, variants, phantom_config=phantom_config, slice_thickness_mm=slice_thickness_mm)
+    def __init__(self, folder, seed: int = 0, variants: int = 1, phantom_config=None, slice_thickness_mm=None,
+                 acquisition_pixel_mm=None, localiser_only: bool = False):
+        super().__init__(None, 0, seed, variants, phantom_config=phantom_config, slice_thickness_mm=slice_thickness_mm,
+                         acquisition_pixel_mm=acquisition_pixel_mm, localiser_only=localiser_only)
         self.folder = Path(folder)
         try:
             self.meta = json.loads((self.folder / "pack.json").read_text())

@@ -38,6 +38,10 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.8, 1.25)
     noise_std: float = 0.03  # upper bound of the Gaussian noise's standard deviation
     probability: float = 0.8  # chance that a sample gets the intensity jitter at all
+    # In-plane Gaussian blur (sigma in voxels, drawn uniformly) with this probability: a scan with
+    # fine pixels, averaged onto a coarse working grid, is smoother than the phantoms drawn there.
+    blur_probability: float = 0.25
+    blur_sigma: tuple[float, float] = (0.4, 1.2)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,6 +170,9 @@ def intensity_jitter(image: np.ndarray, rng: np.random.Generator, aug: AugmentCo
     np.clip(out, 0.0, None, out=out)
     if abs(gamma - 1.0) > 1e-3:
         np.power(out, np.float32(gamma), out=out)
+    if aug.blur_probability > 0 and rng.random() < aug.blur_probability:
+        sigma = float(rng.uniform(*aug.blur_sigma))
+        out = ndimage.gaussian_filter(out, [0.0] * (out.ndim - 2) + [sigma, sigma], mode="nearest", truncate=3.0)
     if aug.noise_std > 0:
         sigma = float(rng.uniform(0.0, aug.noise_std))
         out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(sigma)
