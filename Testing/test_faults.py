@@ -33,6 +33,7 @@ from KidneyTumorSegLib.cli import main
 from KidneyTumorSegLib.config import SegmenterConfig
 from KidneyTumorSegLib.errors import Cancelled
 from KidneyTumorSegLib.io import read_volume, write_volume
+from KidneyTumorSegLib.networks import build_segmenter
 from KidneyTumorSegLib.pipeline import Pipeline
 from KidneyTumorSegLib.segfile import read_seg_nrrd
 from KidneyTumorSegLib.weights import save_bundle
@@ -62,11 +63,19 @@ def case(tmp_path_factory):
     save_bundle(d / "w.safetensors", b.config, b.state_dicts, provenance={"name": "heads"})
     b = bundle_with_heads(-10, -10, -10, -10)  # finds nothing: fast, for tests about writing
     save_bundle(d / "none.safetensors", b.config, b.state_dicts, provenance={"name": "none"})
-    # A slower bundle for cancelling: 2 mm segmenter grid, so a run takes many windows.
+    # A slower bundle and a bigger CT for cancelling: a 2 mm segmenter grid gives some 250 windows,
+    # so a run is still segmenting (a second or more) when the signal sent after the first window
+    # arrives, even on a loaded machine.
     slow = bundle_with_heads(10, 10, 10, -10)
-    slow.config.segmenter = SegmenterConfig(width=4, depth=3, mrb_convs=2, spacing_mm=(2.0, 2.0, 2.0),
+    slow.config.segmenter = SegmenterConfig(width=8, depth=3, mrb_convs=2, spacing_mm=(2.0, 2.0, 2.0),
                                             patch_size_xyz=(32, 32, 20))
+    torch.manual_seed(0)
+    seg = build_segmenter(slow.config.segmenter).state_dict()
+    seg["head.weight"] = torch.zeros_like(seg["head.weight"])
+    seg["head.bias"] = torch.tensor([10.0, -10.0])
+    slow.state_dicts["segmenter"] = seg
     save_bundle(d / "slow.safetensors", slow.config, slow.state_dicts, provenance={"name": "slow"})
+    write_volume(synthetic_ct(shape_zyx=(24, 48, 52), spacing=(4.0, 4.0, 6.0))[0], d / "slow_ct.nii.gz")
     return d
 
 
@@ -222,7 +231,7 @@ def test_cancel_event_set_after_the_first_window_stops_the_run():
 def test_interrupting_the_command_line_mid_run_exits_130_and_leaves_nothing(case, tmp_path, sig):
     out = tmp_path / "out"
     out.mkdir()
-    args = segment(case / "ct.nii.gz", out, case / "slow.safetensors")
+    args = segment(case / "slow_ct.nii.gz", out, case / "slow.safetensors", "--threads", "1")
     args[args.index("--progress") + 1] = "json"
     proc = subprocess.Popen([sys.executable, "-m", "KidneyTumorSegLib", *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
