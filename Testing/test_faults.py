@@ -233,8 +233,11 @@ def test_interrupting_the_command_line_mid_run_exits_130_and_leaves_nothing(case
     out.mkdir()
     args = segment(case / "slow_ct.nii.gz", out, case / "slow.safetensors", "--threads", "1")
     args[args.index("--progress") + 1] = "json"
+    # A shell without job control starts background jobs with Ctrl-C ignored, and children inherit
+    # that: give the command line the default disposition a terminal would, whatever runs the tests.
     proc = subprocess.Popen([sys.executable, "-m", "KidneyTumorSegLib", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     watchdog = threading.Timer(240, proc.kill)
     watchdog.start()
     try:
