@@ -1,14 +1,25 @@
-"""Train the bundled (compact) weights on a CPU within a fixed time budget.
+"""Train the bundled weights: the exact recipe, on a GPU lease or on this CPU.
 
-Run from the repository root, in the background, e.g.::
+The shipped weights (``--config bundled``) were trained in two places (exact commands in the
+bundle header's ``provenance.runs`` and the model card)::
 
-    . .venv/bin/activate
-    nohup python scripts/train_bundled.py --out runs/bundled --budget-min 50 > runs/bundled.log 2>&1 &
+    # on the CPU, with SimpleITK and the KiTS19 masks: the label maps on the working grids
+    python scripts/train_bundled.py --write-pack .devdata/pack --procedural 40
+    # on the GPU machine (carry .devdata): phantoms built there, then the three networks
+    python scripts/train_bundled.py --pack .devdata/pack --cache '' --device cuda --workers 14 \
+        --prep-workers 15 --variants 2 --train-cases 1000 --batch 64,32,16 --steps-per-epoch 250 \
+        --wall-min 8.6 --evaluate 0 --half
 
-Expected duration: preparing the phantoms (~3-5 min with 2 processes, reused from --cache on a
-re-run), then the training budget (``--budget-min``; 10 % z-localiser, 15 % xy-localiser, 75 %
-segmenter, with unspent time rolling over), then the held-out evaluation (``--evaluate`` cases, full
-pipeline, ~1-3 min each on this loaded CPU). Resume after an interruption with the same command plus ``--resume``.
+A CPU-only run of the smaller shape (``--config compact``), in the background::
+
+    nohup python scripts/train_bundled.py --config compact --out runs/bundled --budget-min 50 > runs/bundled.log 2>&1 &
+
+Durations: preparing the phantoms (about 2 s of CPU per case, on ``--prep-workers`` processes,
+reused from ``--cache`` on a re-run), then the training budget (``--budget-min``, or what
+``--wall-min`` leaves; 10 % z-localiser, 15 % xy-localiser, 75 % segmenter, with unspent time rolling
+over), then the held-out evaluation (``--evaluate`` cases, full pipeline, needs ``--masks``). Resume
+after an interruption with the same command plus ``--resume``; ``--finetune-from BUNDLE`` starts the
+trained networks from a bundle's weights instead.
 
 What it does:
 - Held-out test cases (``--holdout``, default 30): every 7th KiTS19 mask (case_00003, case_00010,
@@ -18,16 +29,20 @@ What it does:
   plus ``--procedural`` procedural anatomies (single kidneys, other shapes and positions).
 - Every phantom is generated directly on the working grids (the whole scan at the localiser
   spacing, the kidneys' neighbourhood at the segmenter spacing), never at 512 x 512 x N.
-- Network shapes: ``bundled_config()`` (below), a CPU-trainable variant of ``ModelConfig.compact()``
-  measured on this 2-core machine; ``--config compact`` uses ``compact()`` unchanged.
+- Network shapes: ``ModelConfig.bundled()`` (``--config bundled``, needs a GPU to train) or
+  ``ModelConfig.compact()`` (``--config compact``, trainable on this 2-core CPU within an hour).
+
+- Training phantoms simulate slice thicknesses (``--slice-thickness``, 0.8-5 mm) and pixel sizes
+  (``--acquisition-pixel``, 0.6-4 mm: a fine-pixel scan averaged onto a coarse grid is quieter)
+  whatever the working grid.
 
 Why these choices (what makes the segmenter reach high Dice within the budget):
-- throughput first: one torch thread (on a shared CPU, OpenMP threads spinning at barriers make 3D
-  convolutions several times slower than one thread), batch 2 (PyTorch's fast oneDNN 3D
-  convolution path needs a batch > 1 for small channel counts), a 2.5 mm grid and 48 x 48 x 32
-  patches (12 x 12 x 8 cm: a kidney and its surroundings), width 12 and two convolutions per MRB;
-- AdamW (lr 2e-3) rather than the paper's SGD: in a budget of ~1500 steps it converges faster;
-  the plateau schedule (x 0.1 after 3 stale epochs) still applies, on short epochs (60 steps);
+- on the CPU, throughput first: one torch thread (on a shared CPU, OpenMP threads spinning at
+  barriers make 3D convolutions several times slower than one thread) and batch 2 (PyTorch's fast
+  oneDNN 3D convolution path needs a batch > 1 for small channel counts); the compact shape's 2.5 mm
+  grid, 48 x 48 x 32 patches, width 12 and two convolutions per MRB;
+- AdamW (lr 2e-3) rather than the paper's SGD: in a budget of minutes it converges faster;
+  the plateau schedule (x 0.1 after 3 stale epochs) still applies, on short epochs;
 - tumour-rich sampling (half the patches centred on tumour), Dice + BCE, best-validation weights;
 - robustness on real CT: rotation +/- 30 degrees, left-right flips, +/- 10 % zoom, contrast,
   brightness, gamma and noise jitter, and phantoms with randomised phases, textures and scanners.
@@ -47,13 +62,6 @@ sys.path.insert(0, str(REPO))
 DEFAULT_MASKS = REPO.parent / "shared" / "data" / "kits19"
 
 
-def bundled_config(name: str = "bundled"):
-    """The bundled weights' shape (``ModelConfig.bundled()``), or ``compact()`` for a CPU run."""
-    from KidneyTumorSegLib.config import ModelConfig
-
-    return {"bundled": ModelConfig.bundled, "compact": ModelConfig.compact}[name]()
-
-
 def heldout_ids(all_ids: list[str], n: int) -> list[str]:
     """Every 7th case from case_00003 (deterministic, spread over the collection)."""
     picked = [c for i, c in enumerate(all_ids) if i % 7 == 3]
@@ -71,15 +79,10 @@ def make_split(pool: list[str], args) -> dict:
     return {"train": train_m + procedural[n_proc_val:], "val": val_m + procedural[:n_proc_val], "seed": args.seed}
 
 
-def with_variants(ids: list[str], variants: int) -> list[str]:
-    from KidneyTumorSegLib.training.sources import VARIANT_SEP
-
-    return [f"{c}{VARIANT_SEP}{v}" if v else c for c in ids for v in range(max(1, variants))]
-
-
 def write_pack(args) -> int:
     """Labels of every non-held-out mask and procedural anatomy on the working grids (needs
     SimpleITK and the masks); the held-out masks are left out of the pack altogether."""
+    from KidneyTumorSegLib.training.cli import model_config
     from KidneyTumorSegLib.training.sources import PhantomSource, write_label_pack
 
     masks = PhantomSource.masks_in(args.masks)
@@ -87,7 +90,7 @@ def write_pack(args) -> int:
     heldout = heldout_ids(ids, args.holdout)
     pool = [c for c in ids if c not in heldout]
     source = PhantomSource({c: masks[c] for c in pool}, args.procedural, seed=args.seed)
-    errors = write_label_pack(source, bundled_config(args.config), args.write_pack, args.prep_workers)
+    errors = write_label_pack(source, model_config(args.config), args.write_pack, args.prep_workers)
     folder = Path(args.write_pack)
     (folder / "heldout.json").write_text(json.dumps({"heldout": heldout, "rule": "every 7th case from case_00003"}))
     print(f"label pack of {len(pool)} masks and {args.procedural} procedural anatomies in {folder}"
@@ -137,10 +140,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from KidneyTumorSegLib.device import resolve_device
     from KidneyTumorSegLib.training import NETWORKS
-    from KidneyTumorSegLib.training.cli import ProgressBar, parse_networks, write_run_bundle
+    from KidneyTumorSegLib.training.cli import ProgressBar, model_config, parse_networks, write_run_bundle
     from KidneyTumorSegLib.training.loop import Trainer, TrainOptions
     from KidneyTumorSegLib.training.schedule import ScheduleConfig
-    from KidneyTumorSegLib.training.sources import MultiSource, PackedPhantomSource, PhantomSource, load_cases
+    from KidneyTumorSegLib.training.sources import (
+        MultiSource,
+        PackedPhantomSource,
+        PhantomSource,
+        load_cases,
+        with_variants,
+    )
 
     t0 = time.time()
     device = resolve_device(args.device)
@@ -149,7 +158,7 @@ def main(argv=None) -> int:
     bar = ProgressBar()
     thickness = tuple(float(v) for v in args.slice_thickness.split(",")) if args.slice_thickness else None
     pixel = tuple(float(v) for v in args.acquisition_pixel.split(",")) if args.acquisition_pixel else None
-    cfg = bundled_config(args.config)
+    cfg = model_config(args.config)
     if args.resume and (out / "run.json").exists():
         from KidneyTumorSegLib.config import ModelConfig
 
@@ -184,6 +193,21 @@ def main(argv=None) -> int:
                                             seed=args.seed, variants=max(1, args.variants), slice_thickness_mm=thickness,
                                             acquisition_pixel_mm=pixel, localiser_only="seg" not in args.networks)])
 
+    init_states = None  # checked before minutes of phantom preparation
+    if args.finetune_from:
+        from KidneyTumorSegLib.weights import load_bundle
+
+        start = load_bundle(args.finetune_from)
+        if start.config != cfg:
+            cfg_dict, start_dict = cfg.to_dict(), start.config.to_dict()
+            for part in ("segmenter", "xy_localiser", "z_localiser"):  # thresholds may differ, shapes may not
+                for key in ("threshold", "kidney_threshold", "tumour_threshold"):
+                    cfg_dict[part].pop(key, None)
+                    start_dict[part].pop(key, None)
+            if cfg_dict != start_dict:
+                raise SystemExit(f"{args.finetune_from} has another network configuration than --config {args.config}.")
+        init_states = start.state_dicts
+
     lr = args.lr if args.lr is not None else (2e-3 if args.optimizer == "adamw" else 0.01)
     batch = [int(v) for v in args.batch.split(",")]
     opts = TrainOptions(
@@ -217,19 +241,6 @@ def main(argv=None) -> int:
         bar.line(f"{row['network']} epoch {row['epoch']}: lr {row['lr']:.1e} train {row['train_loss']:.4f} "
                  f"val {row['val_loss']:.4f} {' '.join(bits)} ({row['seconds']:.0f} s)")
 
-    init_states = None
-    if args.finetune_from:
-        from KidneyTumorSegLib.weights import load_bundle
-
-        start = load_bundle(args.finetune_from)
-        if start.config != cfg:
-            cfg_dict, start_dict = cfg.to_dict(), start.config.to_dict()
-            for part in ("segmenter", "xy_localiser", "z_localiser"):  # thresholds may differ, shapes may not
-                for key in ("threshold", "kidney_threshold", "tumour_threshold"):
-                    cfg_dict[part].pop(key, None), start_dict[part].pop(key, None)
-            if cfg_dict != start_dict:
-                raise SystemExit(f"{args.finetune_from} has another network configuration than --config {args.config}.")
-        init_states = start.state_dicts
     trainer = Trainer(cfg, train_cases, val_cases, opts, out, device, resume=args.resume,
                       progress=bar, on_epoch=on_epoch, init_states=init_states)
     results = trainer.run()

@@ -65,6 +65,20 @@ def split_group(case_id: str) -> str:
     return case_id.split(VARIANT_SEP)[0]
 
 
+def with_variants(base_ids: Iterable[str], variants: int) -> list[str]:
+    """Each id followed by the ids of its other phantom variants (``case~v1``, ...)."""
+    return [f"{b}{VARIANT_SEP}{v}" if v else b for b in base_ids for v in range(max(1, int(variants)))]
+
+
+def _parallel_map(fn, jobs: list, workers: int):
+    """``fn`` over ``jobs`` in order, in ``workers`` processes when there is more than one job."""
+    if workers > 0 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            yield from pool.map(fn, jobs)
+    else:
+        yield from map(fn, jobs)
+
+
 def stable_seed(*parts) -> int:
     """A seed from strings and ints that is the same on every machine and Python run."""
     return zlib.crc32(json.dumps([str(p) for p in parts]).encode()) & 0x7FFFFFFF
@@ -238,11 +252,7 @@ class PhantomSource(CaseSource):
         return list(self.masks) + [f"proc_{i:04d}" for i in range(self.procedural)]
 
     def case_ids(self) -> list[str]:
-        ids = []
-        for base in self.base_ids():
-            ids.append(base)
-            ids.extend(f"{base}{VARIANT_SEP}{v}" for v in range(1, self.variants))
-        return ids
+        return with_variants(self.base_ids(), self.variants)
 
     def _parse(self, case_id: str) -> tuple[str, int]:
         base, _, variant = case_id.partition(VARIANT_SEP)
@@ -393,11 +403,7 @@ def write_label_pack(source: PhantomSource, cfg: ModelConfig, folder, workers: i
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(source, base, cfg, str(folder)) for base in source.base_ids()]
-    if workers > 0 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            done = list(pool.map(_pack_one, jobs))
-    else:
-        done = [_pack_one(job) for job in jobs]
+    done = list(_parallel_map(_pack_one, jobs, workers))
     errors = {base: err for base, err in done if err}
     meta = {
         "version": PACK_VERSION,
@@ -580,13 +586,8 @@ def load_cases(
         if progress:
             progress((i + 1) / max(1, len(ids)), f"preparing cases {i + 1}/{len(ids)}")
 
-    if workers > 0 and len(ids) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for i, item in enumerate(pool.map(_build_one, jobs)):
-                collect(i, item)
-    else:
-        for i, job in enumerate(jobs):
-            collect(i, _build_one(job))
+    for i, item in enumerate(_parallel_map(_build_one, jobs, workers)):
+        collect(i, item)
     return [results[c] for c in ids if c in results], errors
 
 
