@@ -155,8 +155,8 @@ def test_planted_pickle_passed_to_the_real_process_runs_nothing(case, tmp_path):
 
 
 # --- CUDA out of memory: fall back to the CPU ---------------------------------------------------
-class _OutOfMemoryOnce(torch.nn.Module):
-    """Wraps a network; its first call fails the way a full GPU does."""
+class _Counting(torch.nn.Module):
+    """Wraps a network and counts its calls."""
 
     def __init__(self, net):
         super().__init__()
@@ -164,9 +164,17 @@ class _OutOfMemoryOnce(torch.nn.Module):
 
     def forward(self, x):
         self.calls += 1
-        if self.calls == 1:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.net(x)
+
+
+class _OutOfMemoryOnce(_Counting):
+    """Wraps a network; its first call fails the way a full GPU does."""
+
+    def forward(self, x):
+        if self.calls == 0:
+            self.calls += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(x)
 
 
 def test_cuda_out_of_memory_falls_back_to_the_cpu_with_a_warning(monkeypatch, caplog):
@@ -198,14 +206,6 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu_with_a_warning(monkeypatch, ca
 
 
 # --- cancelling ---------------------------------------------------------------------------------
-class _Counting(torch.nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.calls = net, 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.net(x)
 
 
 def test_cancel_event_set_after_the_first_window_stops_the_run():

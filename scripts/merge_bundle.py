@@ -17,7 +17,6 @@ network came from.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -27,11 +26,12 @@ sys.path.insert(0, str(REPO))
 
 def best_rows(metrics_csv: Path) -> dict[str, dict]:
     """The row of lowest validation loss per network in a run's metrics.csv."""
+    from KidneyTumorSegLib.training.metrics import read_csv
+
     best: dict[str, dict] = {}
-    with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["network"] not in best or float(row["val_loss"]) < float(best[row["network"]]["val_loss"]):
-                best[row["network"]] = row
+    for row in read_csv(metrics_csv):
+        if row["network"] not in best or float(row["val_loss"]) < float(best[row["network"]]["val_loss"]):
+            best[row["network"]] = row
     return best
 
 

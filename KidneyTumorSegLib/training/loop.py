@@ -168,8 +168,8 @@ class Trainer:
 
         torch.manual_seed(stable_seed(self.opts.seed, name, "init"))
         net = build_networks(self.cfg)[name]
-        if name in self.init_states:
-            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.init_states[name].items()})
+        if name in self.init_states:  # load_state_dict copies half-precision bundles into float32
+            net.load_state_dict(self.init_states[name])
         return net
 
     def _budget_for(self, name: str, spent_before: float) -> float | None:
