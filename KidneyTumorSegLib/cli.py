@@ -230,7 +230,8 @@ def run_segment(args) -> int:
             import torch
 
             torch.set_num_threads(max(1, args.threads))
-        pipeline = Pipeline.from_weights(args.weights, device=args.device, allow_non_ct=args.allow_non_ct)
+        pipeline = Pipeline.from_weights(args.weights, device=args.device, allow_non_ct=args.allow_non_ct,
+                                         mirror_x=False if getattr(args, "no_mirror", False) else None)
         with quiet_native_stderr():
             info = read_image_information(input_path)
         # [issue 6] refuse up front, before reading a voxel, a run that cannot fit in memory
@@ -355,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--weights", help="weights bundle (.safetensors); default: the bundled weights")
     seg.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
     seg.add_argument("--allow-non-ct", action="store_true", help="run even if the image does not look like HU CT")
+    seg.add_argument("--no-mirror", action="store_true",
+                     help="skip test-time mirroring: one segmenter pass per window instead of two (faster, less accurate)")
     seg.set_defaults(func=run_segment)
 
     demo = sub.add_parser("demo", help="segment a synthetic CT with the bundled weights and show the result")

@@ -73,6 +73,7 @@ class SegmenterConfig:
     overlap: float = 0.5
     kidney_threshold: float = 0.5
     tumour_threshold: float = 0.5
+    mirror_x: bool = False  # average each window with its left-right mirror (test-time augmentation)
 
 
 @dataclass

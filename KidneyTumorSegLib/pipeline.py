@@ -56,12 +56,14 @@ class _Clock:
 class Pipeline:
     """Runs the three networks of a weights bundle on one device."""
 
-    def __init__(self, bundle: Bundle, device: str = "auto", allow_non_ct: bool = False, batch_size: int = 16):
+    def __init__(self, bundle: Bundle, device: str = "auto", allow_non_ct: bool = False, batch_size: int = 16,
+                 mirror_x: bool | None = None):
         self.bundle = bundle
         self.config = bundle.config
         self.device = resolve_device(device)
         self.allow_non_ct = allow_non_ct
         self.batch_size = batch_size
+        self.mirror_x = self.config.segmenter.mirror_x if mirror_x is None else bool(mirror_x)
         self.nets = networks_from_bundle(bundle)
         for net in self.nets.values():
             net.to(self.device)
@@ -120,6 +122,17 @@ class Pipeline:
             mask[k0 + a : k0 + b] = out[:, 0] >= thr
         return mask
 
+    def _segmenter_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """The segmenter's probabilities for a batch of windows; with ``mirror_x``, the mean of each
+        window's and its left-right mirror's (test-time augmentation with the one mirror the
+        networks were trained with: a mirrored kidney is still a plausible kidney). Twice the
+        segmenter's time; the gain is measured on validation cases before a bundle turns it on."""
+        if not self.mirror_x:
+            return self._forward("segmenter", batch)
+        n = len(batch)
+        both = self._forward("segmenter", np.concatenate([batch, batch[..., ::-1]]))
+        return 0.5 * (both[:n] + both[n:, ..., ::-1])
+
     def _segment_boxes(self, volume: Volume, loc_grid: Volume, boxes, progress: Progress):
         """Probabilities (2, z, y, x) on a canvas around the boxes, and the canvas geometry."""
         cfg = self.config.segmenter
@@ -146,7 +159,7 @@ class Pipeline:
         bs = 2  # a batch of 1 sends small-channel 3D convolutions to a slow CPU kernel
         for i, (a, b) in enumerate(self._batches(len(local), bs)):
             batch = np.stack([patches.extract(canvas_img, s, patch)[None] for s in local[a:b]])
-            pred = self._forward("segmenter", batch)
+            pred = self._segmenter_probabilities(batch)
             self._clock.lap("segmenter")
             for s, p in zip(local[a:b], pred):
                 stitcher.add(s, p)
@@ -259,6 +272,7 @@ class Pipeline:
             "timings_s": dict(self._clock.times),
             "warnings": list(self._warnings),
             "device": str(self.device),
+            "test_time_mirroring": self.mirror_x,
             "weights": self.bundle.header.get("provenance", {}).get("name", str(self.bundle.path or "seeded")),
         }
         report["timings_s"]["total"] = round(sum(report["timings_s"].values()), 4)

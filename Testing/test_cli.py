@@ -61,6 +61,22 @@ def test_segment_writes_every_output_and_speaks_json(case):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_mirroring_follows_the_weights_and_no_mirror_turns_it_off(case):
+    b = bundle_with_heads(10, 10, 10, -10)
+    b.config.segmenter.mirror_x = True
+    save_bundle(case / "mirror.safetensors", b.config, b.state_dicts)
+    reports = {}
+    for name, extra in (("default", ()), ("off", ("--no-mirror",))):
+        out = case / f"mirror-{name}"
+        r = run_cli("segment", case / "ct.nii.gz", "-o", out / "seg.seg.nrrd", "--report", out / "report.json",
+                    "--weights", case / "mirror.safetensors", "--device", "cpu", "--progress", "none", *extra)
+        assert r.returncode == 0, r.stderr
+        reports[name] = json.loads((out / "report.json").read_text())
+    assert reports["default"]["test_time_mirroring"] is True
+    assert reports["off"]["test_time_mirroring"] is False
+    assert reports["default"]["sides"] == reports["off"]["sides"]  # heads set by hand: mirror-invariant
+
+
 def test_terminal_summary_is_readable(case):
     r = run_cli("segment", case / "ct.nii.gz", "-o", case / "o2.seg.nrrd", "--weights", case / "w.safetensors",
                 "--device", "cpu", "--progress", "none")

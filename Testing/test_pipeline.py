@@ -107,3 +107,49 @@ def test_constant_image_is_refused():
     ct = body_ct()
     with pytest.raises(InputError, match="constant"):
         Pipeline(bundle_with_heads(-10, -10, -10, -10), device="cpu").run(ct.with_array(np.zeros_like(ct.array)))
+
+
+def _windows(seed: int = 3) -> np.ndarray:
+    """A batch of two left-right asymmetric windows of the tiny segmenter's patch size."""
+    z, y, x = ModelConfig.tiny().segmenter.patch_size_xyz[::-1]
+    rng = np.random.default_rng(seed)
+    batch = rng.normal(0.0, 1.0, (2, 1, z, y, x)).astype(np.float32)
+    batch[..., : x // 3] += 2.0  # one side brighter: the mirror is a different input
+    return batch
+
+
+def test_mirroring_averages_each_window_with_its_flipped_prediction():
+    pipe = Pipeline(seeded_bundle(ModelConfig.tiny(), seed=2), device="cpu", mirror_x=True)
+    batch = _windows()
+    net = pipe.nets["segmenter"]
+    with torch.inference_mode():
+        plain = torch.sigmoid(net(torch.from_numpy(batch))).numpy()
+        mirrored = torch.sigmoid(net(torch.from_numpy(np.ascontiguousarray(batch[..., ::-1])))).numpy()[..., ::-1]
+    assert not np.allclose(plain, mirrored, atol=1e-3)  # the network itself is not symmetric
+    np.testing.assert_allclose(pipe._segmenter_probabilities(batch), 0.5 * (plain + mirrored), atol=1e-5)
+
+
+def test_mirrored_predictions_are_exactly_left_right_equivariant():
+    """Mirroring the input mirrors the averaged output; without mirroring it does not."""
+    batch = _windows()
+    flipped = np.ascontiguousarray(batch[..., ::-1])
+    bundle = seeded_bundle(ModelConfig.tiny(), seed=2)
+    on = Pipeline(bundle, device="cpu", mirror_x=True)
+    np.testing.assert_allclose(on._segmenter_probabilities(flipped), on._segmenter_probabilities(batch)[..., ::-1],
+                               atol=1e-5)
+    off = Pipeline(bundle, device="cpu", mirror_x=False)
+    assert not np.allclose(off._segmenter_probabilities(flipped), off._segmenter_probabilities(batch)[..., ::-1],
+                           atol=1e-3)
+
+
+def test_mirroring_follows_the_bundle_unless_overridden(tmp_path):
+    from KidneyTumorSegLib.weights import load_bundle, save_bundle
+
+    cfg = ModelConfig.tiny()
+    cfg.segmenter.mirror_x = True
+    bundle = seeded_bundle(cfg, seed=0)
+    loaded = load_bundle(save_bundle(tmp_path / "mirror.safetensors", cfg, bundle.state_dicts))
+    assert loaded.config.segmenter.mirror_x is True
+    assert Pipeline(loaded, device="cpu").mirror_x is True
+    assert Pipeline(loaded, device="cpu", mirror_x=False).mirror_x is False
+    assert Pipeline(seeded_bundle(ModelConfig.tiny()), device="cpu").mirror_x is False  # older bundles: off
