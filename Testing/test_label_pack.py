@@ -135,10 +135,14 @@ def test_merge_takes_networks_from_other_files_and_records_where_they_came_from(
     cmd = [sys.executable, str(REPO / "scripts" / "merge_bundle.py"), "--base", str(tmp_path / "a.safetensors"),
            "--take", f"segmenter={tmp_path / 'b.safetensors'}",
            "--take", f"xy_localiser={tmp_path / 'xy_localiser.best.safetensors'}",
-           "--metrics", str(tmp_path / "metrics.csv"), "--out", str(out)]
+           "--metrics", str(tmp_path / "metrics.csv"), "--set", "segmenter.mirror_x=true",
+           "--set", "segmenter.tumour_threshold=0.4", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     merged = load_bundle(out)
+    assert merged.config.segmenter.mirror_x is True and merged.config.segmenter.tumour_threshold == 0.4
+    assert merged.config.segmenter.width == TINY.segmenter.width
+    assert merged.header["provenance"]["settings"] == {"segmenter.mirror_x": "true", "segmenter.tumour_threshold": "0.4"}
     for net, source in (("z_localiser", a), ("segmenter", b), ("xy_localiser", c)):
         for key, value in source.state_dicts[net].items():
             torch.testing.assert_close(merged.state_dicts[net][key], value.float() if value.is_floating_point() else value)
@@ -148,6 +152,22 @@ def test_merge_takes_networks_from_other_files_and_records_where_they_came_from(
     assert "xy_localiser.best.safetensors" in prov["networks"]["xy_localiser"]
     xy = merged.header["metrics"]["validation"]["xy_localiser"]
     assert xy["best_epoch"] == 2 and xy["val_dice_kidney"] == pytest.approx(0.91)
+
+
+@pytest.mark.parametrize("setting, says", [("segmenter.width=32", "shapes the networks"),
+                                           ("segmenter.colour=red", "expected PART.KEY=VALUE"),
+                                           ("segmenter.mirror_x=maybe", "true or false")])
+def test_merge_refuses_settings_that_are_not_inference_settings(tmp_path, setting, says):
+    from KidneyTumorSegLib.weights import save_bundle, seeded_bundle
+
+    a = seeded_bundle(TINY, 0)
+    save_bundle(tmp_path / "a.safetensors", a.config, a.state_dicts)
+    out = tmp_path / "merged.safetensors"
+    cmd = [sys.executable, str(REPO / "scripts" / "merge_bundle.py"), "--base", str(tmp_path / "a.safetensors"),
+           "--set", setting, "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
 
 
 def test_finer_simulated_pixels_give_quieter_phantoms_on_a_coarse_grid():

@@ -12,6 +12,8 @@ network came from.
 
 ``--take`` accepts a training checkpoint (``*.best.safetensors``) or another bundle. ``--metrics``
 (a run's metrics.csv) refreshes the validation summary of the networks taken from that run.
+``--set segmenter.tumour_threshold=0.4`` changes an inference setting (thresholds, ``mirror_x``)
+chosen on the validation cases; the network shapes cannot be changed this way.
 """
 
 from __future__ import annotations
@@ -49,6 +51,32 @@ def summary_of(row: dict) -> dict:
     }
 
 
+INFERENCE_SETTINGS = {"threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "margin_mm",
+                      "min_component_ml", "overlap"}
+
+
+def with_settings(config, items: list[str]):
+    """A copy of ``config`` with ``PART.KEY=VALUE`` inference settings applied (ValueError if not one)."""
+    from KidneyTumorSegLib.config import ModelConfig
+
+    data = config.to_dict()
+    for item in items:
+        key, sep, value = item.partition("=")
+        part, _, name = key.partition(".")
+        if not sep or part not in data or name not in data[part]:
+            raise ValueError(f"--set {item!r}: expected PART.KEY=VALUE with a setting of the configuration")
+        if name not in INFERENCE_SETTINGS:
+            raise ValueError(f"--set {item!r}: {name} shapes the networks; only inference settings can change")
+        current = data[part][name]
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--set {item!r}: {name} is true or false")
+            data[part][name] = value.lower() == "true"
+        else:
+            data[part][name] = type(current)(value)
+    return ModelConfig.from_dict(data)
+
+
 def main(argv=None) -> int:
     from KidneyTumorSegLib.training import NETWORKS
     from KidneyTumorSegLib.training.checkpoint import load_checkpoint
@@ -58,11 +86,16 @@ def main(argv=None) -> int:
     p.add_argument("--base", required=True, help="bundle giving the configuration and the other networks")
     p.add_argument("--take", action="append", default=[], help="NETWORK=FILE (checkpoint or bundle)")
     p.add_argument("--metrics", help="metrics.csv of the run the taken networks come from")
+    p.add_argument("--set", action="append", default=[], help="PART.KEY=VALUE inference setting, e.g. segmenter.mirror_x=true")
     p.add_argument("--out", required=True)
     p.add_argument("--half", action="store_true")
     args = p.parse_args(argv)
 
     base = load_bundle(args.base)
+    try:
+        config = with_settings(base.config, args.set)
+    except ValueError as err:
+        p.error(str(err))
     states = {n: dict(base.state_dicts[n]) for n in NETWORKS}
     provenance = dict(base.header.get("provenance", {}))
     metrics = dict(base.header.get("metrics", {}))
@@ -82,7 +115,9 @@ def main(argv=None) -> int:
             validation[name] = summary_of(rows[name])
     provenance["networks"] = origin
     metrics["validation"] = validation
-    out = save_bundle(args.out, base.config, states, provenance=provenance, metrics=metrics, half=args.half)
+    if args.set:
+        provenance["settings"] = {**provenance.get("settings", {}), **dict(i.partition("=")[::2] for i in args.set)}
+    out = save_bundle(args.out, config, states, provenance=provenance, metrics=metrics, half=args.half)
     networks_from_bundle(load_bundle(out))  # the merged file loads, and every network fits its configuration
     print(f"merged bundle written to {out}")
     return 0

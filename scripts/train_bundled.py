@@ -121,6 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
     p.add_argument("--lr", type=float)
     p.add_argument("--steps-per-epoch", type=int, default=60)
+    p.add_argument("--tumour-fraction", type=float, default=0.5, help="share of segmenter patches centred on tumour")
     p.add_argument("--batch", default="32,12,2", help="batch sizes of the z-localiser, xy-localiser, segmenter")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--workers", type=int, default=0, help="data-loader processes (keep a GPU busy)")
@@ -200,8 +201,8 @@ def main(argv=None) -> int:
         start = load_bundle(args.finetune_from)
         if start.config != cfg:
             cfg_dict, start_dict = cfg.to_dict(), start.config.to_dict()
-            for part in ("segmenter", "xy_localiser", "z_localiser"):  # thresholds may differ, shapes may not
-                for key in ("threshold", "kidney_threshold", "tumour_threshold"):
+            for part in ("segmenter", "xy_localiser", "z_localiser"):  # inference settings may differ, shapes may not
+                for key in ("threshold", "kidney_threshold", "tumour_threshold", "mirror_x"):
                     cfg_dict[part].pop(key, None)
                     start_dict[part].pop(key, None)
             if cfg_dict != start_dict:
@@ -218,6 +219,7 @@ def main(argv=None) -> int:
         val_samples={"z_localiser": 256, "xy_localiser": 96, "segmenter": 96} if device.type == "cuda"
         else {"z_localiser": 192, "xy_localiser": 64, "segmenter": 48},
         workers=args.workers,
+        tumour_fraction=args.tumour_fraction,
         seed=args.seed,
         time_budget_s=args.budget_min * 60.0,
         budget_shares={"z_localiser": 0.10, "xy_localiser": 0.15, "segmenter": 0.75},
