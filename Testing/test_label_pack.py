@@ -85,6 +85,16 @@ def test_a_pack_made_for_other_grids_or_no_pack_at_all_is_refused(pack, tmp_path
         PackedPhantomSource(tmp_path)
 
 
+def test_the_training_script_refuses_a_pack_for_other_grids_in_one_sentence(pack, tmp_path):
+    _, folder = pack  # made for the tiny grids; the script trains --config compact
+    cmd = [sys.executable, str(REPO / "scripts" / "train_bundled.py"), "--pack", str(folder), "--config", "compact",
+           "--out", str(tmp_path / "run"), "--cache", ""]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "other working grids" in done.stderr and "--write-pack" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_slice_thickness_range_overrides_the_grid():
     rng = np.random.default_rng(0)
     follow = [draw_scanner(rng, 2.0).thickness_mm for _ in range(200)]

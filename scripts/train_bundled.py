@@ -140,6 +140,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from KidneyTumorSegLib.device import resolve_device
+    from KidneyTumorSegLib.errors import InputError
     from KidneyTumorSegLib.training import NETWORKS
     from KidneyTumorSegLib.training.cli import ProgressBar, model_config, parse_networks, write_run_bundle
     from KidneyTumorSegLib.training.loop import Trainer, TrainOptions
@@ -168,7 +169,10 @@ def main(argv=None) -> int:
     if args.pack:
         packed = PackedPhantomSource(args.pack, args.seed, max(1, args.variants), slice_thickness_mm=thickness,
                                      acquisition_pixel_mm=pixel, localiser_only="seg" not in args.networks)
-        packed.check_grids(cfg)
+        try:
+            packed.check_grids(cfg)
+        except InputError as err:  # one sentence, no traceback: the pack was made for another --config
+            raise SystemExit(f"{err} Write a new one with --write-pack and the same --config.") from None
         heldout = json.loads((Path(args.pack) / "heldout.json").read_text())["heldout"]
         pool = [c for c in packed.base_ids() if c.startswith("case_")]
         args.procedural = sum(1 for c in packed.base_ids() if c.startswith("proc_"))
