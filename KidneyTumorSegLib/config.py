@@ -74,6 +74,7 @@ class SegmenterConfig:
     kidney_threshold: float = 0.5
     tumour_threshold: float = 0.5
     mirror_x: bool = False  # average each window with its left-right mirror (test-time augmentation)
+    min_tumour_ml: float = 0.05  # smaller tumour fragments are dropped as speckle
 
 
 @dataclass

@@ -248,6 +248,7 @@ class Pipeline:
                     kidney_threshold=cfg.segmenter.kidney_threshold,
                     tumour_threshold=cfg.segmenter.tumour_threshold,
                     min_kidney_ml=cfg.xy_localiser.min_component_ml,
+                    min_tumour_ml=cfg.segmenter.min_tumour_ml,
                 ),
             )
             self._clock.lap("postprocess")

@@ -153,3 +153,15 @@ def test_mirroring_follows_the_bundle_unless_overridden(tmp_path):
     assert Pipeline(loaded, device="cpu").mirror_x is True
     assert Pipeline(loaded, device="cpu", mirror_x=False).mirror_x is False
     assert Pipeline(seeded_bundle(ModelConfig.tiny()), device="cpu").mirror_x is False  # older bundles: off
+
+
+def test_the_bundles_minimum_tumour_volume_reaches_post_processing(monkeypatch):
+    from KidneyTumorSegLib import postprocess
+
+    seen = []
+    real = postprocess.labels_from_probabilities
+    monkeypatch.setattr(postprocess, "labels_from_probabilities", lambda *a, **k: seen.append(a[3]) or real(*a, **k))
+    bundle = bundle_with_heads(10, 10, 10, -10)
+    bundle.config.segmenter.min_tumour_ml = 0.5
+    Pipeline(bundle, device="cpu").run(body_ct())
+    assert [c.min_tumour_ml for c in seen] == [0.5]

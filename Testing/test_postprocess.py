@@ -72,3 +72,16 @@ def test_measurements_match_known_geometry():
     m = side_measurements({"tumour_left": arr == 2, "kidney_left": np.zeros(shape, bool)}, grid)
     assert m["left"]["tumour_ml"] == round(6 * 10 * 20 * 0.5 * 0.5 * 2.0 / 1000, 2)
     assert m["left"]["tumour_count"] == 1 and "right" not in m
+
+
+def test_tumour_fragments_below_the_minimum_volume_are_dropped_and_larger_ones_kept():
+    shape = (40, 60, 80)
+    kidney = ball(shape, (20, 30, 40), 15)
+    small = ball(shape, (20, 30, 30), 2.5)  # 81 voxels: 0.65 mL at 0.008 mL per voxel
+    large = ball(shape, (20, 30, 48), 4)  # 257 voxels: 2.1 mL
+    p_region = np.where(kidney, 0.9, 0.0).astype(np.float32)
+    p_tumour = np.where(small | large, 0.9, 0.0).astype(np.float32)
+    for limit, kept in ((0.05, small | large), (1.0, large), (3.0, np.zeros(shape, bool))):
+        labels = labels_from_probabilities(p_region, p_tumour, 0.008, PostprocessConfig(min_kidney_ml=1.0, min_tumour_ml=limit))
+        np.testing.assert_array_equal(labels == 2, kept)
+        np.testing.assert_array_equal(labels > 0, kidney)  # a dropped fragment stays kidney

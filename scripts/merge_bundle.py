@@ -51,7 +51,7 @@ def summary_of(row: dict) -> dict:
     }
 
 
-INFERENCE_SETTINGS = {"threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "margin_mm",
+INFERENCE_SETTINGS = {"threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "min_tumour_ml", "margin_mm",
                       "min_component_ml", "overlap"}
 
 

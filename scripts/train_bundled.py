@@ -206,7 +206,7 @@ def main(argv=None) -> int:
         if start.config != cfg:
             cfg_dict, start_dict = cfg.to_dict(), start.config.to_dict()
             for part in ("segmenter", "xy_localiser", "z_localiser"):  # inference settings may differ, shapes may not
-                for key in ("threshold", "kidney_threshold", "tumour_threshold", "mirror_x"):
+                for key in ("threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "min_tumour_ml"):
                     cfg_dict[part].pop(key, None)
                     start_dict[part].pop(key, None)
             if cfg_dict != start_dict:
