@@ -18,7 +18,7 @@ import torch
 from KidneyTumorSegLib.config import ModelConfig
 from KidneyTumorSegLib.training import losses, transforms
 from KidneyTumorSegLib.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from KidneyTumorSegLib.training.metrics import dice, plot_curves, read_csv, segmentation_dice, write_csv
+from KidneyTumorSegLib.training.metrics import dice, false_tumour, plot_curves, read_csv, segmentation_dice, write_csv
 from KidneyTumorSegLib.training.sampling import PatchSampler, ZSliceSampler
 from KidneyTumorSegLib.training.schedule import PlateauSchedule, ScheduleConfig
 from KidneyTumorSegLib.training.sources import CachedCase, CaseArrays, split_ids
@@ -61,6 +61,19 @@ def test_dice_known_values():
     scores = segmentation_dice(labels, truth)
     assert scores["kidney"] == pytest.approx(2 * 3 / (4 + 3))  # labels>0 vs truth>0
     assert scores["tumour"] == pytest.approx(2 * 1 / (2 + 1))
+
+
+def test_false_tumour_counts_only_components_that_miss_the_true_tumour():
+    truth = np.zeros((10, 10, 10), np.uint8)
+    truth[2:8, 2:8, 2:8] = 1
+    truth[3:5, 3:5, 3:5] = 2  # 8 voxels of true tumour
+    labels = truth.copy()
+    labels[3:5, 3:6, 3:5] = 2  # found, and one slab too far: still one true component
+    assert false_tumour(labels, truth, 0.5) == {"components": 0, "ml": 0.0}
+    labels[6:8, 6:8, 6] = 2  # 4 voxels elsewhere in the kidney
+    labels[0, 0, 0:3] = 2  # 3 voxels outside it
+    assert false_tumour(labels, truth, 0.5) == {"components": 2, "ml": 3.5}
+    assert false_tumour(np.zeros_like(truth), truth, 0.5) == {"components": 0, "ml": 0.0}
 
 
 def test_losses_known_values():
@@ -414,6 +427,8 @@ def test_evaluate_cli_reports_dice_per_case(runs, tmp_path):
     assert 0.0 <= case["kidney_dice"] <= 1.0 and 0.0 <= case["tumour_dice"] <= 1.0
     assert report["kidney_dice"]["mean"] == pytest.approx(case["kidney_dice"])
     assert report["kidney_dice"]["median"] == pytest.approx(case["kidney_dice"])
+    assert report["false_tumour"]["components"] == case["false_tumour_components"] >= 0
+    assert report["false_tumour"]["ml_total"] == pytest.approx(case["false_tumour_ml"])
 
 
 def test_train_without_data_is_a_clear_error(tmp_path, capsys):

@@ -393,7 +393,9 @@ def run_evaluate(args) -> int:
     report["seed"] = args.seed
     bar.line(
         f"{n} cases: kidney Dice mean {_f(report['kidney_dice']['mean'])} median {_f(report['kidney_dice']['median'])}; "
-        f"tumour Dice mean {_f(report['tumour_dice']['mean'])} median {_f(report['tumour_dice']['median'])}"
+        f"tumour Dice mean {_f(report['tumour_dice']['mean'])} median {_f(report['tumour_dice']['median'])}; "
+        f"false tumour {report['false_tumour']['ml_total']:.1f} mL in {report['false_tumour']['components']} "
+        f"component(s) in {report['false_tumour']['cases_with_any']} case(s)"
     )
     text = json.dumps(report, indent=1)
     if args.out:

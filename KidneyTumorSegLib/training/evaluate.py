@@ -5,7 +5,8 @@ procedural anatomy with a seed outside the training range) on a realistic CT gri
 ``Pipeline.from_weights(bundle).run(ct)`` exactly as a user would run it, and compared with the
 truth on that grid: kidney Dice (labels > 0 against truth > 0) and tumour Dice (labels == 2
 against truth == 2). Means and medians over cases; the tumour summary only counts cases whose
-truth has a tumour. A case that was in the bundle's training or validation split is flagged.
+truth has a tumour. False tumour (predicted tumour components touching no true tumour) is counted
+per case and in total, since Dice over tumour cases does not show it. A case that was in the bundle's training or validation split is flagged.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..volume import Volume
-from .metrics import segmentation_dice
+from .metrics import false_tumour, segmentation_dice
 from .sources import stable_seed
 
 DEFAULT_GRID_MM = (1.5, 1.5, 3.0)
@@ -101,6 +102,7 @@ def evaluate(
         t0 = time.perf_counter()
         result = pipe.run(ct)
         scores = segmentation_dice(result.labels.array, truth.array)
+        false = false_tumour(result.labels.array, truth.array, truth.voxel_volume_ml)
         per_case.append(
             {
                 "case": case_id,
@@ -108,6 +110,8 @@ def evaluate(
                 "tumour_dice": round(scores["tumour"], 4),
                 "truth_tumour_ml": round(float((truth.array == 2).sum()) * truth.voxel_volume_ml, 2),
                 "predicted_tumour_ml": round(float((result.labels.array == 2).sum()) * truth.voxel_volume_ml, 2),
+                "false_tumour_components": false["components"],
+                "false_tumour_ml": round(false["ml"], 2),
                 "seconds": round(time.perf_counter() - t0, 2),
                 "seen_in_training": case_id.split("~v")[0] in seen,
             }
@@ -122,6 +126,11 @@ def evaluate(
         "cases": per_case,
         "kidney_dice": _stats(kidney),
         "tumour_dice": _stats(tumour),
+        "false_tumour": {
+            "cases_with_any": sum(1 for c in per_case if c["false_tumour_components"]),
+            "components": sum(c["false_tumour_components"] for c in per_case),
+            "ml_total": round(sum(c["false_tumour_ml"] for c in per_case), 2),
+        },
         "note": "tumour Dice summarised over cases whose truth has a tumour",
         "any_seen_in_training": any(c["seen_in_training"] for c in per_case),
     }

@@ -47,6 +47,22 @@ def segmentation_dice(labels, truth) -> dict:
     return {"kidney": dice(labels > 0, truth > 0), "tumour": dice(labels == 2, truth == 2)}
 
 
+def false_tumour(labels, truth, voxel_ml: float) -> dict:
+    """Predicted tumour that is not there: the connected components of ``labels == 2`` touching no
+    true tumour voxel, counted and measured (mL). Dice averaged over tumour cases hides these,
+    yet a false tumour on a healthy kidney is the error a surgeon minds most."""
+    from scipy import ndimage
+
+    pred = np.asarray(labels) == 2
+    comps, n = ndimage.label(pred)
+    if n == 0:
+        return {"components": 0, "ml": 0.0}
+    touching = np.unique(comps[pred & (np.asarray(truth) == 2)])
+    false = np.setdiff1d(np.arange(1, n + 1), touching)
+    voxels = int(np.isin(comps, false).sum()) if false.size else 0
+    return {"components": int(false.size), "ml": voxels * float(voxel_ml)}
+
+
 def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
     """The whole history, rewritten each epoch (a resumed run rewrites it from its checkpoints)."""
     from ..io import atomic_output
