@@ -77,6 +77,13 @@ class SegmenterConfig:
     min_tumour_ml: float = 0.05  # smaller tumour fragments are dropped as speckle
 
 
+# Settings that change what the pipeline does with the networks' outputs, never the networks
+# themselves: chosen on validation cases after training and written into a bundle
+# (scripts/merge_bundle.py --set); a fine-tune may start from a bundle whose settings differ.
+INFERENCE_SETTINGS = frozenset({"threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "min_tumour_ml",
+                                "margin_mm", "min_component_ml", "overlap"})
+
+
 @dataclass
 class ModelConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)

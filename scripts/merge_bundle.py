@@ -51,13 +51,9 @@ def summary_of(row: dict) -> dict:
     }
 
 
-INFERENCE_SETTINGS = {"threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "min_tumour_ml", "margin_mm",
-                      "min_component_ml", "overlap"}
-
-
 def with_settings(config, items: list[str]):
     """A copy of ``config`` with ``PART.KEY=VALUE`` inference settings applied (ValueError if not one)."""
-    from KidneyTumorSegLib.config import ModelConfig
+    from KidneyTumorSegLib.config import INFERENCE_SETTINGS, ModelConfig
 
     data = config.to_dict()
     for item in items:

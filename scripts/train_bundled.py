@@ -205,8 +205,10 @@ def main(argv=None) -> int:
         start = load_bundle(args.finetune_from)
         if start.config != cfg:
             cfg_dict, start_dict = cfg.to_dict(), start.config.to_dict()
+            from KidneyTumorSegLib.config import INFERENCE_SETTINGS
+
             for part in ("segmenter", "xy_localiser", "z_localiser"):  # inference settings may differ, shapes may not
-                for key in ("threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "min_tumour_ml"):
+                for key in INFERENCE_SETTINGS:
                     cfg_dict[part].pop(key, None)
                     start_dict[part].pop(key, None)
             if cfg_dict != start_dict:

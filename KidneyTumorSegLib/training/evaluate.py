@@ -6,7 +6,8 @@ procedural anatomy with a seed outside the training range) on a realistic CT gri
 truth on that grid: kidney Dice (labels > 0 against truth > 0) and tumour Dice (labels == 2
 against truth == 2). Means and medians over cases; the tumour summary only counts cases whose
 truth has a tumour. False tumour (predicted tumour components touching no true tumour) is counted
-per case and in total, since Dice over tumour cases does not show it. A case that was in the bundle's training or validation split is flagged.
+per case and in total, since Dice over tumour cases does not show it. A case that was in the
+bundle's training or validation split is flagged.
 """
 
 from __future__ import annotations
