@@ -144,6 +144,11 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def network_shape(self, part: str) -> dict:
+        """One section (``segmenter``, ...) without its inference settings: what that network's
+        weights must match to be loaded, whatever thresholds or mirroring a bundle chose."""
+        return {k: v for k, v in asdict(getattr(self, part)).items() if k not in INFERENCE_SETTINGS}
+
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         """Build from a header dict; unknown keys are refused so a mismatch is never silent."""

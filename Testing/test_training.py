@@ -396,6 +396,31 @@ def test_resumed_run_continues_at_the_right_epoch_with_identical_state(runs):
         assert a["schedule"] == b["schedule"]
 
 
+def test_init_weights_may_differ_in_inference_settings_but_not_in_shape(tmp_path, capsys):
+    """A bundle whose thresholds and mirroring were chosen after training still supplies its
+    networks; one whose segmenter has another width is refused in one sentence."""
+    from KidneyTumorSegLib.weights import load_bundle, save_bundle, seeded_bundle
+
+    tuned = ModelConfig.tiny()
+    tuned.segmenter.tumour_threshold, tuned.segmenter.mirror_x, tuned.segmenter.min_tumour_ml = 0.6, True, 0.5
+    source = seeded_bundle(tuned, seed=4)
+    save_bundle(tmp_path / "tuned.safetensors", tuned, source.state_dicts)
+    assert _train(tmp_path / "run", tmp_path / "cache", "--epochs", "1", "--networks", "z",
+                  "--init-weights", str(tmp_path / "tuned.safetensors")) == 0
+    taken = load_bundle(tmp_path / "run" / "bundle.safetensors").state_dicts["segmenter"]
+    for key, value in source.state_dicts["segmenter"].items():
+        torch.testing.assert_close(taken[key], value)
+
+    wider = ModelConfig.tiny()
+    wider.segmenter.width += 2
+    other = seeded_bundle(wider, seed=4)
+    save_bundle(tmp_path / "wider.safetensors", wider, other.state_dicts)
+    code = _train(tmp_path / "run2", tmp_path / "cache", "--epochs", "1", "--networks", "z",
+                  "--init-weights", str(tmp_path / "wider.safetensors"))
+    assert code != 0
+    assert "segmenter has another shape" in capsys.readouterr().err
+
+
 def test_bundle_loads_into_the_pipeline_and_records_its_provenance(runs):
     from KidneyTumorSegLib.pipeline import Pipeline
     from KidneyTumorSegLib.training.evaluate import procedural_phantom

@@ -203,16 +203,8 @@ def main(argv=None) -> int:
         from KidneyTumorSegLib.weights import load_bundle
 
         start = load_bundle(args.finetune_from)
-        if start.config != cfg:
-            cfg_dict, start_dict = cfg.to_dict(), start.config.to_dict()
-            from KidneyTumorSegLib.config import INFERENCE_SETTINGS
-
-            for part in ("segmenter", "xy_localiser", "z_localiser"):  # inference settings may differ, shapes may not
-                for key in INFERENCE_SETTINGS:
-                    cfg_dict[part].pop(key, None)
-                    start_dict[part].pop(key, None)
-            if cfg_dict != start_dict:
-                raise SystemExit(f"{args.finetune_from} has another network configuration than --config {args.config}.")
+        if any(start.config.network_shape(part) != cfg.network_shape(part) for part in NETWORKS):
+            raise SystemExit(f"{args.finetune_from} has another network configuration than --config {args.config}.")
         init_states = start.state_dicts
 
     lr = args.lr if args.lr is not None else (2e-3 if args.optimizer == "adamw" else 0.01)

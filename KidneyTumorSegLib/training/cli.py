@@ -306,7 +306,7 @@ def _other_state_dicts(out: Path, cfg, init_weights: str | None, names) -> tuple
         if best.exists():
             states[name], origin[name] = load_checkpoint(best)["model"], "run folder (earlier training)"
         elif init is not None:
-            if init.config.to_dict()[_section(name)] != cfg.to_dict()[_section(name)]:
+            if init.config.network_shape(_section(name)) != cfg.network_shape(_section(name)):
                 raise InputError(f"The --init-weights bundle's {name.replace('_', ' ')} has another shape.")
             states[name], origin[name] = init.state_dicts[name], f"--init-weights {init_weights}"
         else:
