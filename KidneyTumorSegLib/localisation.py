@@ -62,6 +62,81 @@ def z_range(slice_probs: np.ndarray, spacing_z: float, cfg: ZLocaliserConfig) ->
     return max(0, int(ks[0]) - margin), min(probs.size, int(ks[-1]) + 1 + margin)
 
 
+def candidate_slices(slice_probs: np.ndarray, spacing_z: float, cfg: ZLocaliserConfig) -> np.ndarray:
+    """Every slice of every run the z-localiser marks (smoothed, thresholded, grown by the margin).
+
+    ``z_range`` keeps one run; kidneys at different heights, a displaced or pelvic kidney, or a
+    false alarm holding more probability than a kidney make that one run wrong. Here every run
+    stays a candidate, and the xy-localiser and the plausibility of what it finds decide.
+    """
+    probs = np.asarray(slice_probs, dtype=np.float64)
+    if probs.size == 0:
+        return np.zeros(0, bool)
+    sigma = cfg.smoothing_mm / spacing_z
+    smooth = ndimage.gaussian_filter1d(probs, sigma, mode="nearest") if sigma > 0.3 else probs
+    above = smooth >= cfg.threshold
+    margin = int(round(cfg.margin_mm / spacing_z))
+    if margin and above.any():
+        above = ndimage.binary_dilation(above, structure=np.ones(2 * margin + 1))
+    return above
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A connected blob of the xy-localiser's kidney mask, and how kidney-like it is."""
+
+    box: Box
+    volume_ml: float
+    z_extent_mm: float
+    centre_x: float  # index on the localiser grid
+    score: float
+
+
+def kidney_candidates(mask: np.ndarray, slice_probs: np.ndarray, spacing_xyz, cfg: XYLocaliserConfig,
+                      max_ml: float = 8000.0, max_z_mm: float = 400.0) -> list[Candidate]:
+    """Plausible kidneys among the mask's components: at least ``min_component_ml`` and at most
+    ``max_ml`` (a kidney with the largest tumours stays far below; a whole-abdomen blob does not), no
+    taller than ``max_z_mm``;
+    scored by volume times the z-localiser's mean probability over the blob's slices."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return []
+    labels, n = ndimage.label(mask)
+    voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
+    probs = np.asarray(slice_probs, dtype=np.float64)
+    margin = [int(np.ceil(cfg.margin_mm / s)) for s in spacing_xyz[::-1]]
+    out = []
+    for idx, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        blob = labels[sl] == idx
+        ml = float(blob.sum()) * voxel_ml
+        z_mm = (sl[0].stop - sl[0].start) * spacing_xyz[2]
+        if ml < cfg.min_component_ml or ml > max_ml or z_mm > max_z_mm:
+            continue
+        per_slice = blob.sum(axis=(1, 2)).astype(np.float64)
+        zp = float((probs[sl[0]] * per_slice).sum() / per_slice.sum()) if probs.size else 1.0
+        cx = float(np.nonzero(blob)[2].mean() + sl[2].start)
+        lo = tuple(max(0, s.start - m) for s, m in zip(sl, margin))
+        hi = tuple(min(dim, s.stop + m) for s, m, dim in zip(sl, margin, mask.shape))
+        out.append(Candidate(Box(lo, hi), ml, z_mm, cx, ml * max(zp, 1e-3)))
+    return sorted(out, key=lambda c: -c.score)
+
+
+def choose_kidney_boxes(candidates: list[Candidate], midline_x: float | None, per_side: int = 2) -> list[Box]:
+    """Boxes for the segmenter: the best ``per_side`` candidates on each side of the midline (index
+    on the localiser grid; None: the two best overall). The segmenter, which sees the kidney in 3D,
+    is the final judge, so a doubtful second candidate on a side costs time, not accuracy; a false
+    alarm on one side can no longer take the place of the other side's kidney."""
+    if midline_x is None:
+        chosen = candidates[:2]
+    else:
+        right = [c for c in candidates if c.centre_x < midline_x][:per_side]
+        left = [c for c in candidates if c.centre_x >= midline_x][:per_side]
+        chosen = sorted(right + left, key=lambda c: -c.score)
+    return _merge_overlapping([c.box for c in chosen])
+
+
 def kidney_boxes(mask: np.ndarray, spacing_xyz, cfg: XYLocaliserConfig, max_kidneys: int = 2) -> list[Box]:
     """One box per kidney from a 3D stack of 2D kidney masks (z, y, x).
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import localisation, memory, patches, postprocess, preprocess
+from . import contrast, localisation, memory, patches, postprocess, preprocess
 from .checks import check_ct_volume
 from .device import autocast, free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import Cancelled
@@ -114,12 +114,14 @@ class Pipeline:
             probs[a:b] = self._forward("z_localiser", loc[idx]).reshape(-1)
         return probs
 
-    def _xy_mask(self, loc: np.ndarray, k0: int, k1: int) -> np.ndarray:
+    def _xy_mask(self, loc: np.ndarray, slices: np.ndarray) -> np.ndarray:
+        """The xy-localiser's kidney mask on the chosen slices (``slices``: bool per slice)."""
         mask = np.zeros(loc.shape, bool)
         thr = self.config.xy_localiser.threshold
-        for a, b in self._batches(k1 - k0, self.batch_size):
-            out = self._forward("xy_localiser", loc[k0 + a : k0 + b, None])
-            mask[k0 + a : k0 + b] = out[:, 0] >= thr
+        ks = np.flatnonzero(slices)
+        for a, b in self._batches(ks.size, self.batch_size):
+            out = self._forward("xy_localiser", loc[ks[a:b], None])
+            mask[ks[a:b]] = out[:, 0] >= thr
         return mask
 
     def _segmenter_probabilities(self, batch: np.ndarray) -> np.ndarray:
@@ -229,14 +231,18 @@ class Pipeline:
         progress(0.1, "Finding the kidneys' slices")
 
         zprobs = self._z_probabilities(loc)
-        zr = localisation.z_range(zprobs, loc_hu.spacing[2], cfg.z_localiser)
+        slices = localisation.candidate_slices(zprobs, loc_hu.spacing[2], cfg.z_localiser)
         self._clock.lap("z_localiser")
+        midline_mm = postprocess.body_midline_x(loc_hu)
         boxes = []
-        if zr is not None:
+        if slices.any():
             progress(0.25, "Finding the kidneys in the slices")
-            mask = self._xy_mask(loc, *zr)
-            boxes = localisation.kidney_boxes(mask, loc_hu.spacing, cfg.xy_localiser)
+            mask = self._xy_mask(loc, slices)
+            mid = None if midline_mm is None else (midline_mm - loc_hu.origin[0]) / loc_hu.spacing[0]
+            candidates = localisation.kidney_candidates(mask, zprobs, loc_hu.spacing, cfg.xy_localiser)
+            boxes = localisation.choose_kidney_boxes(candidates, mid)
             self._clock.lap("xy_localiser")
+        zr = (min(b.lo[0] for b in boxes), max(b.hi[0] for b in boxes)) if boxes else None
         labels = None
         if boxes:
             progress(0.4, f"Segmenting {len(boxes)} kidney region(s)")
@@ -252,6 +258,7 @@ class Pipeline:
                     min_kidney_ml=cfg.xy_localiser.min_component_ml,
                     min_tumour_ml=cfg.segmenter.min_tumour_ml,
                 ),
+                None if midline_mm is None else (midline_mm - canvas.origin[0]) / canvas.spacing[0],
             )
             self._clock.lap("postprocess")
             progress(0.9, "Bringing the labels back onto the scan's grid")
@@ -260,11 +267,16 @@ class Pipeline:
         if labels is None:
             labels = np.zeros(volume.array.shape, np.uint8)
         result_labels = volume.with_array(labels)
-        structures, sides = self._structures_and_sides(result_labels, postprocess.body_midline_x(loc_hu))
+        structures, sides = self._structures_and_sides(result_labels, midline_mm)
         self._clock.lap("postprocess")
         if not structures:
             self._warnings.append(NO_KIDNEY)
             log.warning(NO_KIDNEY)
+        phase = contrast.contrast_phase(volume, labels) if structures else None
+        unreliable = contrast.warning_for(phase)
+        if unreliable:
+            self._warnings.append(unreliable)
+            log.warning(unreliable)
         report = {
             "sides": sides,
             "kidney_found": bool(structures),  # [issue 6] an empty result says so in the report
@@ -272,6 +284,7 @@ class Pipeline:
             if zr is None
             else [round(loc_hu.origin[2] + k * loc_hu.spacing[2], 1) for k in (zr[0], zr[1] - 1)],
             "kidney_boxes": len(boxes),
+            "contrast": phase,
             "timings_s": dict(self._clock.times),
             "warnings": list(self._warnings),
             "device": str(self.device),

@@ -30,9 +30,14 @@ class PostprocessConfig:
 
 
 def labels_from_probabilities(
-    p_region: np.ndarray, p_tumour: np.ndarray, voxel_ml: float, cfg: PostprocessConfig | None = None
+    p_region: np.ndarray, p_tumour: np.ndarray, voxel_ml: float, cfg: PostprocessConfig | None = None,
+    midline_x_index: float | None = None,
 ) -> np.ndarray:
-    """uint8 labels (0/1/2) from the region and tumour probabilities on one grid."""
+    """uint8 labels (0/1/2) from the region and tumour probabilities on one grid.
+
+    With ``midline_x_index`` (the body's midline as an x index of this grid) the largest kidney
+    region on each side is kept, so a false region on one side cannot evict the other side's
+    kidney; without it, the ``max_kidneys`` largest regions."""
     cfg = cfg or PostprocessConfig()
     tumour = p_tumour >= cfg.tumour_threshold
     region = (p_region >= cfg.kidney_threshold) | tumour
@@ -43,7 +48,13 @@ def labels_from_probabilities(
     kidney_ml = ndimage.sum(region & ~tumour, comps, index) * voxel_ml
     total_ml = ndimage.sum(region, comps, index) * voxel_ml
     keep = [i for i in index if kidney_ml[i - 1] >= cfg.min_kidney_ml]
-    keep = sorted(keep, key=lambda i: -total_ml[i - 1])[: cfg.max_kidneys]
+    keep = sorted(keep, key=lambda i: -total_ml[i - 1])
+    if midline_x_index is not None and cfg.max_kidneys == 2 and len(keep) > 2:
+        centre_x = ndimage.center_of_mass(region, comps, keep)
+        right = [i for i, c in zip(keep, centre_x) if c[2] < midline_x_index][:1]
+        left = [i for i, c in zip(keep, centre_x) if c[2] >= midline_x_index][:1]
+        keep = right + left
+    keep = keep[: cfg.max_kidneys]
     kept = np.isin(comps, keep)
     labels = np.zeros(region.shape, np.uint8)
     labels[kept] = KIDNEY

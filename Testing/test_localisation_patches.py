@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from KidneyTumorSegLib.config import XYLocaliserConfig, ZLocaliserConfig
-from KidneyTumorSegLib.localisation import Box, kidney_boxes, z_range
+from KidneyTumorSegLib.localisation import (
+    Box,
+    candidate_slices,
+    choose_kidney_boxes,
+    kidney_boxes,
+    kidney_candidates,
+    z_range,
+)
 from KidneyTumorSegLib.patches import Stitcher, axis_starts, extract, gaussian_weights, plan_windows
 
 
@@ -37,6 +44,58 @@ def test_kidney_boxes_one_per_kidney_and_single_kidney_works():
     one = kidney_boxes(mask[:, :, :30], (2.0, 2.0, 2.0), cfg)
     assert len(one) == 1 and one[0].lo == (9, 19, 4) and one[0].hi == (21, 36, 16)
     assert kidney_boxes(np.zeros_like(mask), (2.0, 2.0, 2.0), cfg) == []
+
+
+def test_candidate_slices_keep_every_run_not_only_the_heaviest():
+    probs = np.zeros(120)
+    probs[20:45] = 0.95  # a low-lying kidney
+    probs[80:90] = 0.7  # the other kidney, higher and smaller in z: z_range would drop it
+    cfg = ZLocaliserConfig(smoothing_mm=4.0, margin_mm=8.0, threshold=0.5)
+    k0, k1 = z_range(probs, 2.0, cfg)
+    assert k1 < 80  # the single-run rule loses the second kidney
+    slices = candidate_slices(probs, 2.0, cfg)
+    assert slices[20:45].all() and slices[80:90].all()
+    assert not slices[55:70].any() and not slices[110:].any()
+    assert not candidate_slices(np.full(50, 0.1), 2.0, cfg).any()
+
+
+def _two_kidneys_and_a_false_alarm():
+    mask = np.zeros((60, 60, 80), bool)
+    mask[5:20, 25:40, 10:22] = True  # right kidney (low x), low-lying
+    mask[35:50, 25:40, 55:66] = True  # left kidney, higher
+    mask[20:45, 20:45, 25:40] = True  # a bigger false alarm right of the midline (x 25-40 < 40)
+    return mask
+
+
+def test_a_false_alarm_cannot_take_the_place_of_the_other_sides_kidney():
+    mask = _two_kidneys_and_a_false_alarm()
+    probs = np.full(60, 0.9)
+    cfg = XYLocaliserConfig(margin_mm=0.0, min_component_ml=0.5)
+    cands = kidney_candidates(mask, probs, (2.0, 2.0, 2.0), cfg)
+    assert len(cands) == 3 and cands[0].box.lo == (20, 20, 25)  # the false alarm scores highest
+    # the two largest overall would be the false alarm and the right kidney: the left one lost
+    overall = kidney_boxes(mask, (2.0, 2.0, 2.0), cfg)
+    assert all(b.lo[2] != 55 for b in overall)
+    per_side = choose_kidney_boxes(cands, midline_x=40.0, per_side=1)
+    assert sorted(b.lo[2] for b in per_side) == [25, 55]  # the best of each side
+    both = choose_kidney_boxes(cands, midline_x=40.0, per_side=2)
+    assert sorted(b.lo[2] for b in both) == [10, 25, 55]  # all three go to the segmenter
+
+
+def test_candidates_weigh_the_z_localisers_belief_and_drop_implausible_blobs():
+    mask = np.zeros((60, 60, 80), bool)
+    mask[5:20, 25:40, 10:22] = True
+    mask[35:50, 25:40, 55:66] = True
+    probs = np.zeros(60)
+    probs[5:20] = 0.9
+    probs[35:50] = 0.2  # the z-localiser doubts the second blob
+    cfg = XYLocaliserConfig(margin_mm=0.0, min_component_ml=0.5)
+    cands = kidney_candidates(mask, probs, (2.0, 2.0, 2.0), cfg)
+    assert [c.box.lo[2] for c in cands] == [10, 55]
+    assert cands[0].score > 3 * cands[1].score
+    huge = np.ones((60, 60, 80), bool)  # 1.8 L at 2 mm: allowed; at 4 mm (14 L): not a kidney
+    assert len(kidney_candidates(huge, np.ones(60), (2.0, 2.0, 2.0), cfg)) == 1
+    assert kidney_candidates(huge, np.ones(60), (4.0, 4.0, 4.0), cfg) == []
 
 
 @pytest.mark.parametrize("lo,hi,patch,overlap", [(0, 10, 32, 0.5), (5, 200, 64, 0.5), (-3, 81, 40, 0.25), (0, 64, 64, 0.5)])

@@ -85,3 +85,17 @@ def test_tumour_fragments_below_the_minimum_volume_are_dropped_and_larger_ones_k
         labels = labels_from_probabilities(p_region, p_tumour, 0.008, PostprocessConfig(min_kidney_ml=1.0, min_tumour_ml=limit))
         np.testing.assert_array_equal(labels == 2, kept)
         np.testing.assert_array_equal(labels > 0, kidney)  # a dropped fragment stays kidney
+
+
+def test_with_a_midline_the_largest_region_of_each_side_is_kept():
+    from KidneyTumorSegLib.postprocess import labels_from_probabilities
+
+    p = np.zeros((20, 30, 60), np.float32)
+    p[5:15, 5:25, 2:12] = 1.0  # right kidney
+    p[5:15, 5:25, 14:26] = 1.0  # a larger false region, also right of the midline (x < 30)
+    p[6:12, 8:20, 40:48] = 1.0  # the left kidney, the smallest of the three
+    no_tumour = np.zeros_like(p)
+    plain = labels_from_probabilities(p, no_tumour, 1.0)
+    assert not plain[:, :, 40:48].any()  # two largest overall: the left kidney is lost
+    sided = labels_from_probabilities(p, no_tumour, 1.0, midline_x_index=30.0)
+    assert sided[:, :, 40:48].any() and sided[:, :, 14:26].any() and not sided[:, :, 2:12].any()

@@ -348,10 +348,18 @@ def write_run_bundle(out, cfg, results, trainer, split, source, args, device, ct
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate",
-        help="Dice of a weights bundle on held-out phantoms (full pipeline)",
-        description="Run the full pipeline on phantoms the networks never saw and report kidney and tumour Dice.",
+        help="accuracy of a weights bundle on real labelled scans or held-out phantoms (full pipeline)",
+        description="Run the full pipeline on real CT scans with label maps (--scans) or on phantoms the "
+        "networks never saw (--kits-masks, --procedural) and report Dice, surface distance and false positives.",
     )
-    p.add_argument("--weights", required=True, help="weights bundle (.safetensors)")
+    p.add_argument("--weights", help="weights bundle (.safetensors; default: the bundled weights)")
+    p.add_argument("--scans", help="folder of real scans: CASE/ct.nii.gz (+ CASE/labels.nii.gz) or the KiTS layout")
+    p.add_argument("--names", help="comma-separated case folders of --scans to evaluate (default: all)")
+    p.add_argument("--label-map", help="which label ids are kidney and tumour in --scans: totalseg, ircadb, kits, "
+                   "or 'kidney=2,3;tumour=4' (default: from each case's labels.json, else kits)")
+    p.add_argument("--kidney-free", action="append", default=[], metavar="CASE[:K0-K1]",
+                   help="a scan (or its slices K0..K1) known to hold no kidney; repeatable")
+    p.add_argument("--overlays", help="write a PNG overlay per scan into this folder")
     p.add_argument("--kits-masks", help="KiTS-layout folder of label maps to build held-out phantoms from")
     p.add_argument("--cases", help="which masks (default: the masks the bundle's split never used)")
     p.add_argument("--limit", type=int, help="evaluate at most this many mask cases")
@@ -365,12 +373,49 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _write_report(report: dict, out) -> None:
+    text = json.dumps(report, indent=1)
+    if out:
+        from ..io import atomic_output
+
+        with atomic_output(out, suffix=".json") as tmp:
+            Path(tmp).write_text(text)
+    else:
+        print(text)
+
+
+def run_evaluate_scans(args, bundle) -> int:
+    from ..labelled_scans import LabelMapping, find_scans, parse_kidney_free
+    from .evaluate_real import evaluate_scans
+
+    mapping = LabelMapping.parse(args.label_map) if args.label_map else None
+    names = set(args.names.split(",")) if args.names else None
+    scans = find_scans(args.scans, mapping, names)
+    free = parse_kidney_free(args.kidney_free)
+    bar = ProgressBar(enabled=args.progress == "bar")
+    report = evaluate_scans(bundle, scans, free, args.device, args.overlays, bar)
+    for row in report["cases"]:
+        bits = [f"{row['case']}:"]
+        if "kidney_dice" in row:
+            bits.append(f"kidney Dice {row['kidney_dice']:.3f}, {row['found']} of {row['true_kidneys']} kidneys found,"
+                        f" HD95 {row['hd95_mm']} mm, NSD {row['nsd_2mm']}")
+        if row["false_kidney_ml_in_free_slices"] is not None:
+            bits.append(f"{row['false_kidney_ml_in_free_slices']:.1f} mL kidney in {row['kidney_free_slices']} kidney-free slices")
+        if row.get("contrast"):
+            bits.append(f"contrast: {row['contrast'].get('phase')}")
+        bar.line(" ".join(bits))
+    _write_report(report, args.out)
+    return 0
+
+
 def run_evaluate(args) -> int:
     from ..weights import load_bundle
     from .evaluate import evaluate, heldout_cases
     from .sources import PhantomSource
 
     bundle = load_bundle(args.weights)
+    if args.scans:
+        return run_evaluate_scans(args, bundle)
     grid = tuple(float(v) for v in args.grid_mm.split(","))
     if len(grid) != 3 or min(grid) <= 0:
         raise InputError("--grid-mm needs three positive spacings, e.g. 1.5,1.5,3.0.")
@@ -385,7 +430,7 @@ def run_evaluate(args) -> int:
         if args.limit:
             masks = dict(list(masks.items())[: args.limit])
     if not masks and not args.procedural:
-        raise InputError("Nothing to evaluate; pass --kits-masks (with --cases) or --procedural N.")
+        raise InputError("Nothing to evaluate; pass --scans, --kits-masks (with --cases) or --procedural N.")
     bar = ProgressBar(enabled=args.progress == "bar")
     n = len(masks) + args.procedural
     report = evaluate(bundle, heldout_cases(masks, args.procedural, args.seed, grid), args.device, bar, n)
@@ -397,14 +442,7 @@ def run_evaluate(args) -> int:
         f"false tumour {report['false_tumour']['ml_total']:.1f} mL in {report['false_tumour']['components']} "
         f"component(s) in {report['false_tumour']['cases_with_any']} case(s)"
     )
-    text = json.dumps(report, indent=1)
-    if args.out:
-        from ..io import atomic_output
-
-        with atomic_output(args.out, suffix=".json") as tmp:
-            Path(tmp).write_text(text)
-    else:
-        print(text)
+    _write_report(report, args.out)
     return 0
 
 

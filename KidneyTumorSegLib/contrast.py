@@ -1,0 +1,71 @@
+"""Contrast phase from the image: is this scan enhanced, and in which phase, judged by its kidneys.
+
+Once the kidneys are found their own HU tell the phase (values of the radiology literature):
+unenhanced parenchyma lies near 30-45 HU, any enhanced parenchyma well above 100 HU; in the
+corticomedullary (arterial) phase the cortex is far brighter than the medulla; in the nephrographic
+(portal-venous) phase the parenchyma is even; in the excretory phase dense contrast fills the
+collecting system. A tumour is recognised by how it enhances against the kidney, so on an
+unenhanced scan the kidneys can still be found but the tumour result cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .volume import Volume
+
+UNENHANCED, WEAK = "unenhanced", "weakly enhanced or delayed"
+ARTERIAL, VENOUS, EXCRETORY = "corticomedullary (arterial)", "nephrographic (portal-venous)", "excretory"
+UNENHANCED_BELOW_HU = 75.0  # median parenchyma
+ENHANCED_ABOVE_HU = 100.0
+CORTICOMEDULLARY_DIFF_HU = 45.0  # cortex minus deep parenchyma
+EXCRETED_ABOVE_HU = 400.0  # the brightest 1 % around the kidney: contrast in the urine
+UNRELIABLE_TUMOUR = ("This scan looks unenhanced (kidneys about {hu:.0f} HU): the kidneys are found, but tumour "
+                     "results are unreliable without intravenous contrast.")
+
+
+def contrast_phase(volume: Volume, labels: np.ndarray, min_ml: float = 10.0) -> dict | None:
+    """The phase judged from the kidney voxels (``labels == 1``, tumour excluded) of ``volume``'s HU,
+    or None when too little kidney was found to judge. Works on the labels' bounding box only."""
+    kidney_all = np.asarray(labels) == 1
+    if kidney_all.sum() * volume.voxel_volume_ml < min_ml:
+        return None
+    nz = [np.flatnonzero(kidney_all.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    pad = [int(np.ceil(6.0 / s)) for s in volume.spacing[::-1]]
+    sl = tuple(slice(max(0, int(v[0]) - p), min(n, int(v[-1]) + 1 + p)) for v, p, n in zip(nz, pad, kidney_all.shape))
+    hu = np.asarray(volume.array[sl], dtype=np.float32)
+    kidney = kidney_all[sl]
+    depth = ndimage.distance_transform_edt(kidney, sampling=volume.spacing[::-1])
+    parenchyma = hu[depth >= 2.0] if (depth >= 2.0).any() else hu[kidney]
+    median = float(np.median(parenchyma))
+    cortex = hu[(depth >= 1.5) & (depth <= 4.0)]
+    deep = hu[depth >= 7.0]
+    diff = float(np.median(cortex) - np.median(deep)) if cortex.size and deep.size else 0.0
+    around = ndimage.binary_dilation(kidney, iterations=2) | kidney
+    bright = float(np.percentile(hu[around], 99))
+    if median < UNENHANCED_BELOW_HU:
+        phase = UNENHANCED
+    elif median < ENHANCED_ABOVE_HU:
+        phase = WEAK
+    elif bright > EXCRETED_ABOVE_HU:
+        phase = EXCRETORY
+    elif diff > CORTICOMEDULLARY_DIFF_HU:
+        phase = ARTERIAL
+    else:
+        phase = VENOUS
+    return {
+        "phase": phase,
+        "enhanced": phase not in (UNENHANCED,),
+        "kidney_median_hu": round(median, 1),
+        "cortex_minus_inner_hu": round(diff, 1),
+        "brightest_1pct_hu": round(bright, 1),
+        "judged_from": "the segmented kidneys' HU",
+    }
+
+
+def warning_for(contrast: dict | None) -> str | None:
+    """The sentence a user must see when tumour results cannot be trusted, or None."""
+    if contrast is not None and contrast["phase"] == UNENHANCED:
+        return UNRELIABLE_TUMOUR.format(hu=contrast["kidney_median_hu"])
+    return None

@@ -1,0 +1,134 @@
+"""Training cases from real anatomy: CTs painted in real bodies, and real labelled CT scans.
+
+- ``RealBodySource``: ``phantoms.realbody`` CTs, one per (body, KiTS mask, variant). A body is a
+  whole-anatomy label map (TotalSegmentator); the KiTS mask gives the kidneys and tumours, moved
+  to where the body's kidneys lie. Ids look like ``s0001@case_00012~v3``; the split group is the
+  KiTS mask and the body together, so no validation case shares both with a training case.
+- ``RealScanSource``: real CT scans with label maps (``labelled_scans``), for real texture. A scan
+  can be listed ``repeats`` times (``ircadb1_1~r2``) so a handful of real scans are drawn as often
+  as the hundreds of painted ones; the sampler's augmentation makes each draw different.
+
+Both build a ``CachedCase`` on the two working grids, like every other source.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..errors import InputError
+from .sources import VARIANT_SEP, CachedCase, CaseSource, grid_arrays, segmenter_margin_zyx, stable_seed
+
+BODY_SEP = "@"
+REPEAT_SEP = "~r"
+
+
+def _kits_on_grid(path: Path, spacing_mm) -> object:
+    from ..io import read_volume
+    from ..preprocess import to_canonical
+
+    mask = read_volume(path)
+    mask = mask.with_array(np.asarray(mask.array).astype(np.uint8))
+    mask = mask.with_array(np.where(mask.array == 3, 1, mask.array).astype(np.uint8))  # KiTS23 cysts: kidney
+    canon = to_canonical(mask, spacing_mm, "nearest", 0)
+    return canon.with_array(np.asarray(canon.array).astype(np.uint8))
+
+
+class RealBodySource(CaseSource):
+    """Painted CTs: every body with every assigned KiTS mask, ``variants`` draws each."""
+
+    kind = "real_bodies"
+
+    def __init__(self, bodies: dict[str, str | Path], pairs: list[tuple[str, str]], masks: dict[str, str | Path],
+                 seed: int = 0, variants: int = 1, paint_config=None):
+        self.bodies = {k: Path(v) for k, v in bodies.items()}
+        self.masks = {k: Path(v) for k, v in masks.items()}
+        self.pairs = [(b, m) for b, m in pairs]
+        for b, m in self.pairs:
+            if b not in self.bodies or (m and m not in self.masks):
+                raise InputError(f"The real-body source has no body {b} or mask {m}.")
+        self.seed = int(seed)
+        self.variants = max(1, int(variants))
+        self.paint_config = paint_config
+        self._body_cache: dict = {}
+
+    def case_ids(self) -> list[str]:
+        base = [f"{b}{BODY_SEP}{m or 'own'}" for b, m in self.pairs]
+        return [f"{c}{VARIANT_SEP}{v}" if v else c for c in base for v in range(self.variants)]
+
+    def _parse(self, case_id: str) -> tuple[str, str | None, int]:
+        base, _, variant = case_id.partition(VARIANT_SEP)
+        body, _, mask = base.partition(BODY_SEP)
+        return body, (None if mask == "own" else mask), int(variant or 0)
+
+    def signature(self, case_id: str) -> dict:
+        body, mask, variant = self._parse(case_id)
+        sig = {"kind": self.kind, "body": str(self.bodies[body].resolve()), "mask": mask,
+               "mask_path": str(self.masks[mask].resolve()) if mask else None, "variant": variant,
+               "seed": self.seed, "paint": repr(self.paint_config), "version": 1}
+        return sig
+
+    def _body(self, name: str):
+        from ..phantoms.realbody import read_body
+
+        if name not in self._body_cache:
+            self._body_cache = {name: read_body(self.bodies[name])}  # one body at a time in memory
+        return self._body_cache[name]
+
+    def build(self, case_id: str, cfg: ModelConfig) -> CachedCase:
+        from ..phantoms.realbody import PaintConfig, paint_body
+
+        body_name, mask, variant = self._parse(case_id)
+        paint = self.paint_config or PaintConfig()
+        seg_sp = tuple(cfg.segmenter.spacing_mm)
+        paint = PaintConfig(**{**paint.__dict__, "spacing_mm": seg_sp})
+        kits = _kits_on_grid(self.masks[mask], seg_sp) if mask else None
+        ct, labels, _info = paint_body(self._body(body_name), kits, stable_seed(self.seed, case_id), paint)
+        return CachedCase(
+            case_id,
+            grid_arrays(ct, labels, cfg.localiser_grid.spacing_mm, cfg.preprocess),
+            grid_arrays(ct, labels, seg_sp, cfg.preprocess, segmenter_margin_zyx(cfg)),
+        )
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "bodies": {k: str(v) for k, v in self.bodies.items()},
+                "masks": sorted({m for _, m in self.pairs if m}), "pairs": len(self.pairs),
+                "variants": self.variants, "seed": self.seed}
+
+
+class RealScanSource(CaseSource):
+    """Real CTs and their kidney labels (``labelled_scans.LabelledScan``), each ``repeats`` times."""
+
+    kind = "real_scans"
+
+    def __init__(self, scans, repeats: int = 1):
+        self.scans = {s.name: s for s in scans}
+        self.repeats = max(1, int(repeats))
+
+    def case_ids(self) -> list[str]:
+        return [f"{n}{REPEAT_SEP}{r}" if r else n for n in self.scans for r in range(self.repeats)]
+
+    def signature(self, case_id: str) -> dict:
+        name = case_id.split(REPEAT_SEP)[0]
+        s = self.scans[name]
+        return {"kind": self.kind, "image": str(s.image.resolve()), "labels": str(s.labels) if s.labels else None,
+                "mapping": repr(s.mapping), "bytes": s.image.stat().st_size}
+
+    def build(self, case_id: str, cfg: ModelConfig) -> CachedCase:
+        from ..preprocess import AIR_HU
+
+        name = case_id.split(REPEAT_SEP)[0]
+        ct, labels = self.scans[name].load()
+        if labels is None:  # a kidney-free scan: all background
+            labels = ct.with_array(np.zeros(ct.array.shape, np.uint8))
+        ct = ct.with_array(np.maximum(np.asarray(ct.array, np.float32), AIR_HU))
+        return CachedCase(
+            case_id,
+            grid_arrays(ct, labels, cfg.localiser_grid.spacing_mm, cfg.preprocess),
+            grid_arrays(ct, labels, cfg.segmenter.spacing_mm, cfg.preprocess, segmenter_margin_zyx(cfg)),
+        )
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "scans": sorted(self.scans), "repeats": self.repeats}

@@ -1,0 +1,195 @@
+"""Real-anatomy training data and real-scan evaluation: painted bodies, label mappings, metrics.
+
+The bodies here are small synthetic label maps in TotalSegmentator's ids (vertebrae, liver, two
+kidneys), so every expected answer is known: where the kidneys are, which HU each tissue gets.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from KidneyTumorSegLib.errors import InputError
+from KidneyTumorSegLib.io import write_volume
+from KidneyTumorSegLib.labelled_scans import LabelMapping, find_scans, parse_kidney_free
+from KidneyTumorSegLib.phantoms import tissues as ts
+from KidneyTumorSegLib.phantoms.realbody import (
+    RANDOM,
+    UNENHANCED,
+    Body,
+    PaintConfig,
+    paint_body,
+    tissue_lut,
+)
+from KidneyTumorSegLib.volume import Volume
+
+TS_NAMES = {2: "kidney_right", 3: "kidney_left", 5: "liver", 29: "vertebrae_L3", 88: "iliopsoas_left"}
+STILL = dict(deform=0.0, z_fov_mm=None, table_prob=0.0)
+
+
+def toy_body(spacing=(2.0, 2.0, 2.0)) -> Body:
+    """A 2 mm torso: a vertebral column in the middle, a kidney on each side, a liver in front."""
+    a = np.zeros((50, 70, 90), np.uint8)
+    a[:, 40:52, 39:51] = 29  # vertebrae (posterior)
+    a[10:35, 35:50, 18:30] = 2  # right kidney (low x in LPS)
+    a[14:39, 35:50, 60:72] = 3  # left kidney
+    a[25:50, 12:32, 10:45] = 5  # liver
+    vol = Volume(a, spacing, (-90.0, -70.0, 0.0), np.eye(3))
+    lut, kidneys = tissue_lut(TS_NAMES)
+    return Body(vol, lut, kidneys, "toy")
+
+
+def test_tissue_lut_maps_totalsegmentator_names_and_finds_both_kidneys():
+    lut, kidneys = tissue_lut(TS_NAMES)
+    assert kidneys == {"right": 2, "left": 3}
+    assert lut[5] == ts.LIVER and lut[88] == ts.MUSCLE
+    assert lut[0] == ts.AIR
+
+
+def test_without_a_kits_mask_the_bodys_own_kidneys_are_the_labels():
+    body = toy_body()
+    ct, labels, info = paint_body(body, None, seed=1, config=PaintConfig(**STILL))
+    assert ct.same_grid(labels) and ct.array.dtype == np.float32
+    expected = np.isin(body.labels.array, (2, 3))
+    assert labels.array.shape == expected.shape
+    assert np.array_equal(labels.array > 0, expected)
+    assert not (labels.array == 2).any()
+    assert info["body"] == "toy"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_unenhanced_and_contrast_scans_differ_where_real_scans_do(seed):
+    body = toy_body()
+    flat = PaintConfig(**STILL, mode_weights=(0.0, 1.0, 0.0), noise_sd=(1.0, 1.0), slice_thickness_mm=(1.0, 1.0))
+    ct, labels, info = paint_body(body, None, seed, flat)
+    assert info["phase"] == UNENHANCED
+    kidney = np.median(ct.array[labels.array == 1])
+    assert 10 < kidney < 60  # unenhanced kidney parenchyma: about 30-45 HU
+    bone = ct.array[body.labels.array == 29]
+    assert np.median(bone) > kidney + 50  # cancellous bone inside a cortical shell
+    contrast = PaintConfig(**STILL, mode_weights=(1.0, 0.0, 0.0), noise_sd=(1.0, 1.0), slice_thickness_mm=(1.0, 1.0))
+    ct2, labels2, info2 = paint_body(body, None, seed, contrast)
+    assert info2["phase"] not in (UNENHANCED, RANDOM)
+    assert np.median(ct2.array[labels2.array == 1]) > kidney + 40  # enhancing parenchyma
+
+
+def test_outside_the_body_is_air_and_fat_surrounds_the_organs():
+    body = toy_body()
+    ct, _, _ = paint_body(body, None, 3, PaintConfig(**STILL, noise_sd=(1.0, 1.0)))
+    assert np.median(ct.array[:, 0, :]) < -900  # the first row lies outside the body
+    # between liver and kidneys nothing is labelled: fat, far below soft tissue
+    gap = ct.array[20:30, 33:35, 35:38]
+    assert np.median(gap) < 0
+
+
+def test_a_kits_mask_replaces_each_kidney_at_its_place_with_its_tumour():
+    body = toy_body()
+    k = np.zeros((40, 40, 80), np.uint8)
+    k[10:26, 10:24, 5:15] = 1  # right kidney of the mask
+    k[12:20, 12:20, 12:18] = 2  # ... with a tumour
+    k[12:28, 10:24, 60:70] = 1  # left kidney
+    kits = Volume(k, (2.0, 2.0, 2.0), (300.0, 300.0, 300.0), np.eye(3))  # far away on purpose
+    _, labels, _ = paint_body(body, kits, 5, PaintConfig(**STILL))
+    lab = labels.array
+    assert (lab == 2).sum() == (k == 2).sum()  # the tumour arrives whole
+    right_body = np.argwhere(body.labels.array == 2).mean(0)
+    placed = np.argwhere(lab[:, :, :45] > 0).mean(0)
+    assert np.abs(placed - right_body).max() < 8  # voxels (16 mm): jitter of a few mm only
+    assert (lab[:, :, 45:] > 0).sum() == (k[:, :, 40:] == 1).sum()
+    assert not (lab[body.labels.array == 29] > 0).any()  # never through the vertebra
+
+
+def test_deformation_changes_the_body_but_keeps_kidneys_plausible():
+    body = toy_body()
+    _, a, _ = paint_body(body, None, 7, PaintConfig(deform=1.0, z_fov_mm=None, table_prob=0.0))
+    _, b, _ = paint_body(body, None, 8, PaintConfig(deform=1.0, z_fov_mm=None, table_prob=0.0))
+    original = np.isin(body.labels.array, (2, 3)).sum() * 0.008
+    for lab in (a, b):
+        assert 0.6 * original < (lab.array > 0).sum() * lab.voxel_volume_ml < 1.6 * original
+    assert a.array.shape != b.array.shape or not np.array_equal(a.array, b.array)
+
+
+def test_label_mapping_presets_custom_and_errors():
+    arr = np.array([0, 1, 2, 3, 23, 4])
+    assert list(LabelMapping.parse("totalseg").apply(arr)) == [0, 0, 1, 1, 1, 0]
+    assert list(LabelMapping.parse("ircadb").apply(arr)) == [0, 1, 1, 0, 0, 0]
+    assert list(LabelMapping.parse("kits").apply(arr)) == [0, 1, 2, 1, 0, 0]
+    assert list(LabelMapping.parse("kidney=4;tumour=3").apply(arr)) == [0, 0, 0, 2, 0, 1]
+    for bad in ("kidny=2", "kidney=a", "tumour=2"):
+        with pytest.raises(InputError):
+            LabelMapping.parse(bad)
+    assert parse_kidney_free(["a", "b:3-5"]) == {"a": None, "b": (3, 6)}
+    with pytest.raises(InputError):
+        parse_kidney_free(["b:x"])
+
+
+def _write_case(folder, name, ct_arr, lab_arr=None, names=None, spacing=(2.0, 2.0, 2.0)):
+    case = folder / name
+    case.mkdir(parents=True)
+    write_volume(Volume(ct_arr, spacing), case / "ct.nii.gz")
+    if lab_arr is not None:
+        write_volume(Volume(lab_arr.astype(np.uint8), spacing), case / "labels.nii.gz")
+    if names:
+        (case / "labels.json").write_text(json.dumps(names))
+    return case
+
+
+def test_find_scans_reads_each_cases_own_label_names(tmp_path):
+    lab = np.zeros((8, 8, 8), np.uint8)
+    lab[2:4, 2:4, 2:4] = 7
+    lab[5:7, 5:7, 5:7] = 9
+    ct = np.zeros((8, 8, 8), np.int16)
+    _write_case(tmp_path, "a", ct, lab, {"7": "leftkidney", "9": "liver"})
+    _write_case(tmp_path, "b", ct)  # no labels: kidney-free checks only
+    scans = find_scans(tmp_path)
+    assert [s.name for s in scans] == ["a", "b"]
+    _, truth = scans[0].load()
+    assert truth.array.sum() == 8 and set(np.unique(truth.array)) == {0, 1}
+    assert scans[1].labels is None and scans[1].load()[1] is None
+    with pytest.raises(InputError):
+        find_scans(tmp_path / "a")
+
+
+def test_surface_metrics_and_found_kidneys_on_known_masks():
+    pytest.importorskip("monai")
+    from KidneyTumorSegLib.training.evaluate_real import kidneys_found, surface_metrics
+
+    truth = np.zeros((30, 30, 30), bool)
+    truth[5:15, 5:15, 5:15] = True
+    pred = np.roll(truth, 2, axis=2)  # shifted 2 voxels along x
+    m = surface_metrics(pred, truth, (1.0, 1.0, 3.0))
+    assert m["hd95_mm"] == pytest.approx(6.0, abs=0.01)  # 2 voxels of 3 mm
+    assert 0.0 < m["nsd_2mm"] < 1.0
+    same = surface_metrics(truth, truth, (1.0, 1.0, 1.0))
+    assert same["hd95_mm"] == 0.0 and same["nsd_2mm"] == 1.0
+    two = truth.copy()
+    two[20:28, 20:28, 20:28] = True
+    found = kidneys_found(truth, two)
+    assert found["true_kidneys"] == 2 and found["found"] == 1
+
+
+def test_evaluate_scans_reports_dice_and_false_kidney_where_the_answer_is_known(tmp_path):
+    from KidneyTumorSegLib.training.evaluate_real import evaluate_scans
+
+    from .test_pipeline import body_ct, bundle_with_heads
+
+    ct = body_ct()  # (36, 80, 90) at 1.6 x 1.6 x 4 mm
+    lab = np.zeros(ct.array.shape, np.uint8)
+    lab[10:20, 30:50, 20:40] = 1
+    _write_case(tmp_path, "labelled", ct.array, lab, {"1": "rightkidney"}, ct.spacing)
+    _write_case(tmp_path, "free", ct.array, None, None, ct.spacing)
+    # "kidney everywhere": the whole scan becomes kidney, so the answers are counts of voxels
+    report = evaluate_scans(bundle_with_heads(10, 10, 10, -10), find_scans(tmp_path), {"free": None},
+                            device="cpu", overlay_dir=tmp_path / "png")
+    rows = {r["case"]: r for r in report["cases"]}
+    n, t = lab.size, int(lab.sum())
+    assert rows["labelled"]["kidney_dice"] == pytest.approx(2 * t / (n + t), abs=1e-3)
+    assert rows["labelled"]["found"] == 1
+    free_slices = 36 - (20 + 3) + 10 - 3  # beyond the kidney's slices by more than 10 mm (3 slices)
+    assert rows["labelled"]["kidney_free_slices"] == free_slices
+    per_slice_ml = 80 * 90 * ct.voxel_volume_ml
+    assert rows["labelled"]["false_kidney_ml_in_free_slices"] == pytest.approx(free_slices * per_slice_ml, rel=1e-3)
+    assert rows["free"]["false_kidney_ml_in_free_slices"] == pytest.approx(36 * per_slice_ml, rel=1e-3)
+    assert (tmp_path / "png" / "labelled.png").exists()

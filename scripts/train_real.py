@@ -1,0 +1,159 @@
+"""Train (or fine-tune) the three networks on real anatomy: CTs painted in real bodies around KiTS
+masks, plus real labelled CT scans, with one real scan kept out for validation (leave-one-out).
+
+    # fold "ircadb": real s0009 in training, ircadb1_1 never seen (validated on afterwards)
+    nohup python scripts/train_real.py --fold ircadb --out runs/real_ircadb \
+        --finetune-from Resources/Models/kidney_tumor_seg.safetensors --budget-min 80 > runs/real_ircadb.log 2>&1 &
+
+Folds (``--fold``): ``ircadb`` holds out ``real_ct/ircadb1_1`` (trains on ``totalseg_s0009``'s image
+and label map), ``totalseg`` holds out ``totalseg_s0009`` (trains on ``ircadb1_1``'s image), ``none``
+trains on both (a bundle whose real numbers can only be quoted from the two folds). The kidney-free
+validation scans (``totalseg_s0002``, ``totalseg_s0003``, ``ircadb1_17``) are never trained on.
+
+Held-out KiTS19 masks (every 7th from case_00003, the rule of every bundle) and held-out KiTS23
+masks (every 7th) never enter training or validation: held-out phantoms are built around them.
+Resume with the same command plus ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = REPO.parent / "shared" / "data"
+BODIES_WITH_KIDNEYS = ("s0001", "s0004", "s0006")
+KIDNEY_FREE_BODIES = ("s0000",)
+REAL_FOLDS = {"ircadb": ["totalseg_s0009"], "totalseg": ["ircadb1_1"], "none": ["ircadb1_1", "totalseg_s0009"]}
+
+
+def every_7th(ids: list[str]) -> list[str]:
+    return [c for i, c in enumerate(sorted(ids)) if i % 7 == 3]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fold", choices=sorted(REAL_FOLDS), required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--cache", default=str(REPO / "runs" / "cache_real"))
+    p.add_argument("--masks", type=int, default=60, help="KiTS masks painted into bodies for training")
+    p.add_argument("--val-masks", type=int, default=8)
+    p.add_argument("--negatives", type=int, default=6, help="painted kidney-free bodies")
+    p.add_argument("--real-repeats", type=int, default=8, help="times each real training scan is listed")
+    p.add_argument("--finetune-from")
+    p.add_argument("--networks", default="z,xy,seg")
+    p.add_argument("--budget-min", type=float, default=60.0)
+    p.add_argument("--shares", default="0.2,0.25,0.55", help="budget shares of z, xy, segmenter")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--steps-per-epoch", type=int, default=40)
+    p.add_argument("--batch", default="32,12,2")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--prep-workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from KidneyTumorSegLib.config import ModelConfig
+    from KidneyTumorSegLib.labelled_scans import find_scans
+    from KidneyTumorSegLib.training import NETWORKS
+    from KidneyTumorSegLib.training.cli import ProgressBar, parse_networks, write_run_bundle
+    from KidneyTumorSegLib.training.distributed import SINGLE
+    from KidneyTumorSegLib.training.loop import Trainer, TrainOptions
+    from KidneyTumorSegLib.training.real_sources import RealBodySource, RealScanSource
+    from KidneyTumorSegLib.training.schedule import ScheduleConfig
+    from KidneyTumorSegLib.training.sources import MultiSource, load_cases
+
+    t0 = time.time()
+    data = Path(args.data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = ProgressBar()
+    rng = __import__("numpy").random.default_rng(args.seed)
+
+    k19 = sorted(p.name for p in (data / "kits19").glob("case_*") if (p / "segmentation.nii.gz").exists())
+    k23 = sorted(p.name for p in (data / "kits23").glob("case_*") if (p / "segmentation.nii.gz").exists())
+    held = set(every_7th(k19)) | set(every_7th(k23))
+    pool = [c for c in k19 + k23 if c not in held]
+    order = list(rng.permutation(len(pool)))
+    val_m = [pool[i] for i in order[: args.val_masks]]
+    train_m = [pool[i] for i in order[args.val_masks : args.val_masks + args.masks]]
+    masks = {c: data / ("kits19" if c in k19 else "kits23") / c / "segmentation.nii.gz" for c in train_m + val_m}
+
+    bodies = {b: data / "anatomy" / "totalsegmentator" / b / "labels.nii.gz" for b in BODIES_WITH_KIDNEYS + KIDNEY_FREE_BODIES}
+    real_train = REAL_FOLDS[args.fold]
+    if "totalseg_s0009" in real_train:  # its label map is a fourth body with kidneys
+        bodies["totalseg_s0009"] = data / "real_ct" / "totalseg_s0009" / "labels.nii.gz"
+    with_kidneys = [b for b in bodies if b not in KIDNEY_FREE_BODIES]
+    train_pairs = [(with_kidneys[i % len(with_kidneys)], m) for i, m in enumerate(train_m)]
+    train_pairs += [(b, None) for b in with_kidneys]  # the bodies' own kidneys too
+    train_pairs += [(KIDNEY_FREE_BODIES[i % len(KIDNEY_FREE_BODIES)], f"neg{i}") for i in range(args.negatives)]
+    val_pairs = [(with_kidneys[(i + 1) % len(with_kidneys)], m) for i, m in enumerate(val_m)]
+    # kidney-free bodies have no kidneys to replace: the "mask" slot only varies the seed
+    for i in range(args.negatives):
+        masks[f"neg{i}"] = masks[train_m[i % len(train_m)]]
+    painted = RealBodySource(bodies, train_pairs + val_pairs, masks, seed=args.seed)
+    scans = find_scans(data / "real_ct", names=set(real_train))
+    real = RealScanSource(scans, args.real_repeats)
+    source = MultiSource([painted, real])
+    val_ids = {f"{b}@{m}" for b, m in val_pairs}
+    split = {"train": [c for c in painted.case_ids() if c not in val_ids] + real.case_ids(),
+             "val": sorted(val_ids), "excluded": sorted(held), "held_out_real": sorted(
+                 {"ircadb1_1", "totalseg_s0009"} - set(real_train)) + ["totalseg_s0002", "totalseg_s0003", "ircadb1_17"]}
+    split_path = out / "split.json"
+    if args.resume and split_path.exists():
+        split = json.loads(split_path.read_text())
+    split_path.write_text(json.dumps(split, indent=1))
+
+    cfg = ModelConfig.bundled()
+    init_states = None
+    if args.finetune_from:
+        from KidneyTumorSegLib.weights import load_bundle
+
+        start = load_bundle(args.finetune_from)
+        if any(start.config.network_shape(n) != cfg.network_shape(n) for n in NETWORKS):
+            raise SystemExit(f"{args.finetune_from} has another network shape than ModelConfig.bundled().")
+        cfg = start.config  # keep its inference settings; they are re-chosen on validation later
+        init_states = start.state_dicts
+    shares = [float(v) for v in args.shares.split(",")]
+    batch = [int(v) for v in args.batch.split(",")]
+    opts = TrainOptions(
+        networks=parse_networks(args.networks), epochs=1000, steps_per_epoch=args.steps_per_epoch,
+        batch_size={"z_localiser": batch[0], "xy_localiser": batch[1], "segmenter": batch[2]},
+        val_samples={"z_localiser": 192, "xy_localiser": 64, "segmenter": 40},
+        seed=args.seed, time_budget_s=args.budget_min * 60.0,
+        budget_shares={"z_localiser": shares[0], "xy_localiser": shares[1], "segmenter": shares[2]},
+        schedule=ScheduleConfig(optimizer="adamw", lr=args.lr, weight_decay=3e-5),
+        tumour_fraction=0.4, random_fraction=0.2,
+    )
+    train_cases, errs = load_cases(source, split["train"], cfg, args.cache or None, args.prep_workers, bar)
+    val_cases, verrs = load_cases(source, split["val"], cfg, args.cache or None, args.prep_workers, bar)
+    errs.update(verrs)
+    bar.line(f"{len(train_cases)} training, {len(val_cases)} validation cases ready in {time.time() - t0:.0f} s"
+             + (f"; skipped {errs}" if errs else ""))
+    (out / "run.json").write_text(json.dumps({"config": cfg.to_dict(), "options": opts.to_dict(),
+                                              "source": source.describe(), "argv": sys.argv[1:]}, indent=1))
+
+    def on_epoch(row):
+        bits = [f"{k} {row[k]:.3f}" for k in ("val_dice_kidney", "val_dice_tumour", "val_accuracy") if row.get(k) is not None]
+        bar.line(f"{row['network']} epoch {row['epoch']}: lr {row['lr']:.1e} train {row['train_loss']:.4f} "
+                 f"val {row['val_loss']:.4f} {' '.join(bits)} ({row['seconds']:.0f} s)")
+
+    trainer = Trainer(cfg, train_cases, val_cases, opts, out, torch.device("cpu"), resume=args.resume,
+                      progress=bar, on_epoch=on_epoch, init_states=init_states)
+    results = trainer.run()
+    ns = argparse.Namespace(config=f"bundled (scripts/train_real.py --fold {args.fold})", init_weights=args.finetune_from)
+    path = write_run_bundle(out, cfg, results, trainer, split, source, ns, torch.device("cpu"), SINGLE, t0, True)
+    bar.line(f"bundle written to {path} after {(time.time() - t0) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
