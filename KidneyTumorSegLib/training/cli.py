@@ -364,6 +364,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cases", help="which masks (default: the masks the bundle's split never used)")
     p.add_argument("--limit", type=int, help="evaluate at most this many mask cases")
     p.add_argument("--procedural", type=int, default=0, help="add N procedural held-out phantoms")
+    p.add_argument("--in-bodies", help="paint the --kits-masks phantoms into these real bodies instead of procedural "
+                   "ones: a folder of TotalSegmentator-style cases (CASE/labels.nii.gz with names in labels.json or "
+                   "../classes.json); comma-separated case names may follow a colon (DIR:s0001,s0004)")
     p.add_argument("--grid-mm", default="1.5,1.5,3.0", help="voxel spacing x,y,z of the phantom CTs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -425,7 +428,7 @@ def run_evaluate(args) -> int:
         masks = PhantomSource.masks_in(args.kits_masks, cases)
         if cases is None:
             split = bundle.header.get("provenance", {}).get("split", {}) or {}
-            seen = {c.split("~v")[0] for c in split.get("train", []) + split.get("val", [])}
+            seen = {c.split("~v")[0].split("@")[-1] for c in split.get("train", []) + split.get("val", [])}
             masks = {k: v for k, v in masks.items() if k not in seen}
         if args.limit:
             masks = dict(list(masks.items())[: args.limit])
@@ -433,7 +436,19 @@ def run_evaluate(args) -> int:
         raise InputError("Nothing to evaluate; pass --scans, --kits-masks (with --cases) or --procedural N.")
     bar = ProgressBar(enabled=args.progress == "bar")
     n = len(masks) + args.procedural
-    report = evaluate(bundle, heldout_cases(masks, args.procedural, args.seed, grid), args.device, bar, n)
+    if args.in_bodies:
+        from .evaluate import real_body_cases
+
+        folder, _, names = args.in_bodies.partition(":")
+        bodies = sorted(Path(folder).glob("*/labels.nii.gz"))
+        if names:
+            bodies = [b for b in bodies if b.parent.name in names.split(",")]
+        if not bodies:
+            raise InputError(f"{args.in_bodies} names no body label map (CASE/labels.nii.gz).")
+        cases = real_body_cases(masks, bodies, args.seed, grid)
+    else:
+        cases = heldout_cases(masks, args.procedural, args.seed, grid)
+    report = evaluate(bundle, cases, args.device, bar, n)
     report["grid_mm"] = list(grid)
     report["seed"] = args.seed
     bar.line(

@@ -68,6 +68,28 @@ def heldout_cases(
         yield f"eval_proc_{i:04d}", ct, truth
 
 
+def real_body_phantom(body_path, mask_path, case_id: str, seed: int, grid_mm=DEFAULT_GRID_MM):
+    """(ct, truth) for one mask painted into a real body (``phantoms.realbody``) on a CT-like grid:
+    the body's whole field of view, deformed as a training draw is (its own seed), its kidneys
+    replaced by the mask's, in a contrast phase (the tumour targets are for contrast CT)."""
+    from ..phantoms.realbody import PaintConfig, paint_body, read_body
+    from .real_sources import _kits_on_grid
+
+    kits = _kits_on_grid(Path(mask_path), grid_mm)
+    config = PaintConfig(spacing_mm=tuple(grid_mm), z_fov_mm=None, mode_weights=(1.0, 0.0, 0.0))  # contrast CT
+    ct, truth, _ = paint_body(read_body(body_path), kits, stable_seed(seed, "eval-body", case_id), config)
+    return ct, truth
+
+
+def real_body_cases(masks: dict[str, Path], bodies: list[Path], seed: int = 0, grid_mm=DEFAULT_GRID_MM
+                    ) -> Iterator[tuple[str, Volume, Volume]]:
+    """Held-out masks painted into real bodies, the bodies taken in turn; ids ``body@case``."""
+    for i, (case_id, path) in enumerate(masks.items()):
+        body = Path(bodies[i % len(bodies)])
+        ct, truth = real_body_phantom(body, path, case_id, seed, grid_mm)
+        yield f"{body.parent.name}@{case_id}", ct, truth
+
+
 def _stats(values: list[float]) -> dict:
     if not values:
         return {"n": 0, "mean": None, "median": None, "min": None, "max": None}
@@ -97,6 +119,7 @@ def evaluate(
     pipe = Pipeline.from_weights(bundle, device=device)
     split = bundle.header.get("provenance", {}).get("split", {}) or {}
     seen = set(split.get("train", [])) | set(split.get("val", []))
+    seen_masks = {c.split("~v")[0].split("@")[-1] for c in seen}
     per_case = []
     for i, (case_id, ct, truth) in enumerate(cases):
         progress(i / max(1, n_cases or (i + 1)), f"evaluating {case_id}")
@@ -114,7 +137,7 @@ def evaluate(
                 "false_tumour_components": false["components"],
                 "false_tumour_ml": round(false["ml"], 2),
                 "seconds": round(time.perf_counter() - t0, 2),
-                "seen_in_training": case_id.split("~v")[0] in seen,
+                "seen_in_training": case_id.split("~v")[0].split("@")[-1] in seen_masks,
             }
         )
     progress(1.0, "evaluation done")

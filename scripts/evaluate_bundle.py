@@ -1,0 +1,49 @@
+"""Every number a training decision looks at, for one bundle: real CTs first, held-out phantoms second.
+
+    python scripts/evaluate_bundle.py BUNDLE OUT_DIR [--heldout 10] [--grid-mm 1.5,1.5,3.0]
+
+Writes ``OUT_DIR/real_ct.json`` (+ overlays) from ``evaluate --scans ../shared/data/real_ct`` with
+the kidney-free regions the data README names, and ``OUT_DIR/heldout_bodies.json`` from held-out
+KiTS19 masks (every 7th from case_00003, never trained on) painted into the TotalSegmentator bodies.
+A scan a network trained on is marked ``seen_in_training`` and must not be quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = REPO.parent / "shared" / "data"
+KIDNEY_FREE = ["totalseg_s0002", "totalseg_s0003", "ircadb1_17:80-118"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle")
+    p.add_argument("out")
+    p.add_argument("--heldout", type=int, default=10, help="held-out KiTS19 masks to paint (0: none)")
+    p.add_argument("--grid-mm", default="1.5,1.5,3.0")
+    p.add_argument("--data", default=str(DATA))
+    args = p.parse_args(argv)
+    from KidneyTumorSegLib.cli import main as cli
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data)
+    free = [a for spec in KIDNEY_FREE for a in ("--kidney-free", spec)]
+    code = cli(["evaluate", "--weights", args.bundle, "--scans", str(data / "real_ct"), *free,
+                "--overlays", str(out / "overlays"), "--out", str(out / "real_ct.json")])
+    if code or not args.heldout:
+        return code
+    k19 = sorted(p.parent.name for p in (data / "kits19").glob("case_*/segmentation.nii.gz"))
+    held = [c for i, c in enumerate(k19) if i % 7 == 3][: args.heldout]
+    return cli(["evaluate", "--weights", args.bundle, "--kits-masks", str(data / "kits19"), "--cases", ",".join(held),
+                "--in-bodies", str(data / "anatomy" / "totalsegmentator") + ":s0001,s0004,s0006",
+                "--grid-mm", args.grid_mm, "--out", str(out / "heldout_bodies.json")])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
