@@ -15,14 +15,8 @@ from KidneyTumorSegLib.errors import InputError
 from KidneyTumorSegLib.io import write_volume
 from KidneyTumorSegLib.labelled_scans import LabelMapping, find_scans, parse_kidney_free
 from KidneyTumorSegLib.phantoms import tissues as ts
-from KidneyTumorSegLib.phantoms.realbody import (
-    RANDOM,
-    UNENHANCED,
-    Body,
-    PaintConfig,
-    paint_body,
-    tissue_lut,
-)
+from KidneyTumorSegLib.phantoms.bodies import Body, complete_organ_map, tissue_lut
+from KidneyTumorSegLib.phantoms.realbody import RANDOM, UNENHANCED, PaintConfig, paint_body
 from KidneyTumorSegLib.volume import Volume
 
 TS_NAMES = {2: "kidney_right", 3: "kidney_left", 5: "liver", 29: "vertebrae_L3", 88: "iliopsoas_left"}
@@ -38,7 +32,7 @@ def toy_body(spacing=(2.0, 2.0, 2.0)) -> Body:
     a[25:50, 12:32, 10:45] = 5  # liver
     vol = Volume(a, spacing, (-90.0, -70.0, 0.0), np.eye(3))
     lut, kidneys = tissue_lut(TS_NAMES)
-    return Body(vol, lut, kidneys, "toy")
+    return Body(vol, lut, kidneys, "toy", dict(TS_NAMES))
 
 
 def test_tissue_lut_maps_totalsegmentator_names_and_finds_both_kidneys():
@@ -109,6 +103,27 @@ def test_deformation_changes_the_body_but_keeps_kidneys_plausible():
     for lab in (a, b):
         assert 0.6 * original < (lab.array > 0).sum() * lab.voxel_volume_ml < 1.6 * original
     assert a.array.shape != b.array.shape or not np.array_equal(a.array, b.array)
+
+
+def test_an_organ_map_is_completed_with_the_donors_spine_scaled_to_its_organs():
+    donor = toy_body()
+    # the same anatomy 10 % wider and shifted 30 mm, organs only, in BTCV ids (2/3 kidneys, 5 liver)
+    a = np.zeros((50, 70, 100), np.uint8)
+    src = donor.labels.array
+    for btcv_id, ts_id in ((2, 2), (3, 3), (5, 5)):
+        zyx = np.argwhere(src == ts_id)
+        zyx[:, 2] = np.round((zyx[:, 2] - 45) * 1.1 + 50).astype(int)
+        a[tuple(zyx.T)] = btcv_id
+    organs = Volume(a, (2.0, 2.0, 2.0), (-70.0, -70.0, 0.0), np.eye(3))
+    body = complete_organ_map(organs, "btcv", donor, (2.0, 2.0, 2.0))
+    out = body.labels.array
+    assert body.kidney_ids == {"right": 2, "left": 3}
+    assert np.array_equal(out == 2, a == 2) and np.array_equal(out == 5, a == 5)  # the organ map's organs win
+    spine = np.argwhere(out == 29)
+    assert len(spine) > 0.7 * (src == 29).sum()  # the donor's vertebrae arrive ...
+    centre_x = body.labels.origin[0] + 2.0 * spine[:, 2].mean()
+    kidneys_x = [body.labels.origin[0] + 2.0 * np.argwhere(out == k)[:, 2].mean() for k in (2, 3)]
+    assert abs(centre_x - np.mean(kidneys_x)) < 6.0  # ... between the (moved, widened) kidneys
 
 
 def test_label_mapping_presets_custom_and_errors():

@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--masks", type=int, default=60, help="KiTS masks painted into bodies for training")
     p.add_argument("--val-masks", type=int, default=8)
     p.add_argument("--negatives", type=int, default=6, help="painted kidney-free bodies")
+    p.add_argument("--organ-bodies", type=int, default=0,
+                   help="BTCV/AMOS organ maps completed with a TotalSegmentator skeleton, added as bodies")
     p.add_argument("--real-repeats", type=int, default=8, help="times each real training scan is listed")
     p.add_argument("--finetune-from")
     p.add_argument("--networks", default="z,xy,seg")
@@ -91,6 +93,10 @@ def main(argv=None) -> int:
     real_train = REAL_FOLDS[args.fold]
     if "totalseg_s0009" in real_train:  # its label map is a fourth body with kidneys
         bodies["totalseg_s0009"] = data / "real_ct" / "totalseg_s0009" / "labels.nii.gz"
+    organ_maps = sorted((data / "anatomy" / "btcv").glob("label*.nii.gz")) + sorted((data / "anatomy" / "amos").glob("*.nii.gz"))
+    for i, path in enumerate(organ_maps[: args.organ_bodies]):
+        donor = bodies[BODIES_WITH_KIDNEYS[i % len(BODIES_WITH_KIDNEYS)]]
+        bodies[f"{path.parent.name}_{path.name.split('.')[0]}"] = (path.parent.name, path, donor)
     with_kidneys = [b for b in bodies if b not in KIDNEY_FREE_BODIES]
     train_pairs = [(with_kidneys[i % len(with_kidneys)], m) for i, m in enumerate(train_m)]
     train_pairs += [(b, None) for b in with_kidneys]  # the bodies' own kidneys too

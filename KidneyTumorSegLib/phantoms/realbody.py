@@ -10,91 +10,27 @@ unenhanced HU or, in a share of cases, independent random intensities per tissue
 not one intensity recipe, is what the networks can rely on), and simulates a scanner (slice
 thickness, pixel size, noise, blur).
 
-    body = read_body("s0001/labels.nii.gz")          # TotalSegmentator ids
+    body = read_body("s0001/labels.nii.gz")          # phantoms.bodies: TotalSegmentator ids
     ct, labels, info = paint_body(body, kits_mask, seed=3, spacing_mm=(2.0, 2.0, 2.0))
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ..volume import Volume
 from . import tissues as ts
+from .bodies import _CLASS_IDS, Body
 from .intensity import HU_TABLE, PHASES, apply_global, draw_intensities
 from .layout import Layout, find_kidneys
 from .renal import render_kidneys
 from .shapes import Grid, smooth_noise
 
-# TotalSegmentator v2 class names -> tissue (matched by prefix, first match wins).
-_NAME_TISSUE = (
-    ("kidney_cyst", "kidney"),
-    ("kidney", "kidney"),
-    ("spleen", ts.SPLEEN), ("gallbladder", ts.GALLBLADDER), ("liver", ts.LIVER), ("pancreas", ts.PANCREAS),
-    ("stomach", "bowel"), ("small_bowel", "bowel"), ("duodenum", "bowel"), ("colon", "colon"),
-    ("esophagus", ts.MUSCLE), ("trachea", ts.BOWEL_GAS), ("lung", ts.LUNG),
-    ("adrenal", ts.SOFT_TISSUE), ("thyroid", ts.SPLEEN), ("prostate", ts.SOFT_TISSUE),
-    ("urinary_bladder", ts.BLADDER), ("heart", "heart"), ("atrial_appendage", ts.HEART_BLOOD),
-    ("pulmonary_vein", ts.HEART_BLOOD), ("aorta", ts.AORTA), ("brachiocephalic_trunk", ts.AORTA),
-    ("subclavian_artery", ts.AORTA), ("common_carotid", ts.AORTA), ("iliac_artery", ts.AORTA),
-    ("brachiocephalic_vein", ts.VEIN), ("superior_vena_cava", ts.VEIN), ("inferior_vena_cava", ts.VEIN),
-    ("iliac_vena", ts.VEIN), ("portal_vein", ts.MESENTERIC_VESSEL), ("spinal_cord", ts.CSF),
-    ("brain", ts.SOFT_TISSUE), ("costal_cartilages", ts.CARTILAGE),
-    ("gluteus", ts.MUSCLE), ("autochthon", ts.MUSCLE), ("iliopsoas", ts.MUSCLE),
-    ("vertebrae", "bone"), ("sacrum", "bone"), ("hip", "bone"), ("femur", "bone"), ("rib", "bone"),
-    ("sternum", "bone"), ("skull", "bone"), ("humerus", "bone"), ("scapula", "bone"), ("clavicula", "bone"),
-)
-_CLASS_IDS = {"kidney": 250, "bowel": 251, "colon": 252, "heart": 253, "bone": 254}
 UNENHANCED = "unenhanced"
 RANDOM = "random"
-
-
-@dataclass
-class Body:
-    """A whole-anatomy label map and the tissue (or class) of each of its ids."""
-
-    labels: Volume  # uint8 ids
-    lut: np.ndarray  # id -> tissue id, or one of _CLASS_IDS for tissues painted with structure
-    kidney_ids: dict  # "right"/"left" -> id of that kidney in ``labels``
-    name: str
-
-
-def tissue_lut(names: dict[int, str]) -> tuple[np.ndarray, dict]:
-    """Tissue per label id from class names; unknown names are soft tissue. Kidneys by side."""
-    lut = np.full(256, ts.SOFT_TISSUE, np.uint8)
-    lut[0] = ts.AIR  # "unlabelled": decided later (fat inside the body, air outside)
-    kidneys = {}
-    for i, name in names.items():
-        name = name.lower()
-        for prefix, tissue in _NAME_TISSUE:
-            if name.startswith(prefix):
-                lut[int(i)] = _CLASS_IDS[tissue] if isinstance(tissue, str) else tissue
-                break
-        if name.startswith("kidney_") and "cyst" not in name:
-            kidneys["right" if name.endswith("right") else "left"] = int(i)
-    return lut, kidneys
-
-
-def read_body(path: str | Path, names: dict[int, str] | None = None) -> Body:
-    """A TotalSegmentator-style label map; class names from ``names``, a ``labels.json`` beside the
-    file, or the ``classes.json`` one folder up (all TotalSegmentator v2 classes)."""
-    from ..io import read_volume
-
-    path = Path(path)
-    if names is None:
-        for cand in (path.parent / "labels.json", path.parent.parent / "classes.json"):
-            if cand.exists():
-                names = {int(k): v for k, v in json.loads(cand.read_text()).items()}
-                break
-    if names is None:
-        raise ValueError(f"No class names for {path}: give names or put a labels.json beside it.")
-    vol = read_volume(path)
-    lut, kidneys = tissue_lut(names)
-    return Body(vol.with_array(np.asarray(vol.array).astype(np.uint8)), lut, kidneys, path.parent.name)
 
 
 # --- spatial augmentation ---------------------------------------------------------------------

@@ -37,13 +37,18 @@ def _kits_on_grid(path: Path, spacing_mm) -> object:
 
 
 class RealBodySource(CaseSource):
-    """Painted CTs: every body with every assigned KiTS mask, ``variants`` draws each."""
+    """Painted CTs: every body with every assigned KiTS mask, ``variants`` draws each.
+
+    ``bodies``: name -> a TotalSegmentator-style label map, or ``(scheme, organ_map, donor_map)``
+    for an organ-only map (BTCV, AMOS) completed with a TotalSegmentator donor's skeleton.
+    """
 
     kind = "real_bodies"
+    cached_bodies = 6
 
-    def __init__(self, bodies: dict[str, str | Path], pairs: list[tuple[str, str]], masks: dict[str, str | Path],
+    def __init__(self, bodies: dict, pairs: list[tuple[str, str]], masks: dict[str, str | Path],
                  seed: int = 0, variants: int = 1, paint_config=None):
-        self.bodies = {k: Path(v) for k, v in bodies.items()}
+        self.bodies = {k: (Path(v) if isinstance(v, (str, Path)) else tuple(v)) for k, v in bodies.items()}
         self.masks = {k: Path(v) for k, v in masks.items()}
         self.pairs = [(b, m) for b, m in pairs]
         for b, m in self.pairs:
@@ -65,16 +70,25 @@ class RealBodySource(CaseSource):
 
     def signature(self, case_id: str) -> dict:
         body, mask, variant = self._parse(case_id)
-        sig = {"kind": self.kind, "body": str(self.bodies[body].resolve()), "mask": mask,
+        spec = self.bodies[body]
+        sig = {"kind": self.kind, "body": str(spec) if isinstance(spec, tuple) else str(spec.resolve()), "mask": mask,
                "mask_path": str(self.masks[mask].resolve()) if mask else None, "variant": variant,
                "seed": self.seed, "paint": repr(self.paint_config), "version": 1}
         return sig
 
     def _body(self, name: str):
-        from ..phantoms.realbody import read_body
+        from ..phantoms.bodies import read_body, read_organ_body
 
         if name not in self._body_cache:
-            self._body_cache = {name: read_body(self.bodies[name])}  # one body at a time in memory
+            spec = self.bodies[name]
+            if isinstance(spec, tuple):
+                scheme, organs, donor = spec
+                body = read_organ_body(organs, scheme, read_body(donor))
+            else:
+                body = read_body(spec)
+            if len(self._body_cache) >= self.cached_bodies:  # a few bodies in memory, oldest out
+                self._body_cache.pop(next(iter(self._body_cache)))
+            self._body_cache[name] = body
         return self._body_cache[name]
 
     def build(self, case_id: str, cfg: ModelConfig) -> CachedCase:
@@ -94,6 +108,7 @@ class RealBodySource(CaseSource):
 
     def describe(self) -> dict:
         return {"kind": self.kind, "bodies": {k: str(v) for k, v in self.bodies.items()},
+                "body_licences": "TotalSegmentator CC BY 4.0; BTCV (Synapse terms); AMOS CC BY 4.0",
                 "masks": sorted({m for _, m in self.pairs if m}), "pairs": len(self.pairs),
                 "variants": self.variants, "seed": self.seed}
 
