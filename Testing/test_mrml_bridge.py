@@ -11,9 +11,25 @@ import numpy as np
 import pytest
 
 try:  # Testing/ may be a package or a plain folder of test files
-    from .mrml_fixtures import box_structures, mrml_env, mrml_scene, oblique_volume  # noqa: F401
+    from .mrml_fixtures import (  # noqa: F401
+        add_user_segment,
+        box_structures,
+        mrml_env,
+        mrml_scene,
+        node_state,
+        oblique_volume,
+        vtk_matrix,
+    )
 except ImportError:
-    from mrml_fixtures import box_structures, mrml_env, mrml_scene, oblique_volume  # noqa: F401
+    from mrml_fixtures import (  # noqa: F401
+        add_user_segment,
+        box_structures,
+        mrml_env,
+        mrml_scene,
+        node_state,
+        oblique_volume,
+        vtk_matrix,
+    )
 
 slicer = pytest.importorskip("slicer")
 slicerio = pytest.importorskip("slicerio")
@@ -42,39 +58,12 @@ REPORT = {
 }
 
 
-def vtk_matrix(node) -> np.ndarray:
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    return mrml.volumes.matrix_to_numpy(m)
-
-
-def node_state(scene) -> dict:
-    """IDs and MTimes of every node, to prove which nodes a run touched."""
-    out = {}
-    for i in range(scene.GetNumberOfNodes()):
-        n = scene.GetNthNode(i)
-        out[n.GetID()] = n.GetMTime()
-    return out
-
-
 def segment_voxels(node, seg_id, shape) -> np.ndarray:
     mask, offset, _ = seg_mod._segment_mask_and_offset(node, seg_id)
     full = np.zeros(shape, bool)
     (i0, j0, k0), (nz, ny, nx) = offset, mask.shape
     full[k0 : k0 + nz, j0 : j0 + ny, i0 : i0 + nx] = mask
     return full
-
-
-def add_user_segment(node, volume_node, mask, name="My notes", color=(0.1, 0.2, 0.9)) -> str:
-    """A segment made the way the Segment Editor makes one (empty segment, then a labelmap)."""
-    seg_id = node.GetSegmentation().AddEmptySegment("", name, color)
-    image = seg_mod._layer_image(mask.astype(np.uint8), vtk_matrix(volume_node))
-    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        image, node, seg_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
-    )
-    return seg_id
 
 
 @pytest.fixture
