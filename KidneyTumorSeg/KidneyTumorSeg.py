@@ -15,7 +15,7 @@ import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -62,8 +62,27 @@ def resourcePath(relativePath):
 
 
 DEVICES = {"Auto": "auto", "CUDA": "cuda", "CPU": "cpu"}
-# Python packages the engine needs beyond what Slicer ships (import name -> pip requirement).
-ENGINE_PACKAGES = {"torch": "torch", "scipy": "scipy", "safetensors": "safetensors>=0.4"}
+# Python packages the engine needs beyond what Slicer ships (import names).
+ENGINE_PACKAGES = ("torch", "scipy", "safetensors")
+NOT_CT_EXIT_CODE = 5  # the command line's "not a CT in Hounsfield units" (README exit-code table)
+
+
+def registerSampleData():
+    """Offer the synthetic CT in the Sample Data module; it is made here on first use, not downloaded."""
+    import SampleData
+
+    from KidneyTumorSegLib.mrml.sample import sample_path
+    from KidneyTumorSegLib.sample import SAMPLE_FILE, SAMPLE_NAME, SAMPLE_NODE_NAME
+
+    def makeAndLoad(source):
+        slicer.util.selectModule("KidneyTumorSeg")
+        slicer.modules.kidneytumorseg.widgetRepresentation().self().onLoadSample()
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="Kidney Tumor Seg", sampleName=SAMPLE_NAME, uris=sample_path().as_uri(),
+        fileNames=SAMPLE_FILE, nodeNames=SAMPLE_NODE_NAME, loadFileType="VolumeFile",
+        thumbnailFileName=resourcePath("Icons/KidneyTumorSegPhantom.png"), customDownloader=makeAndLoad,
+    )
 
 
 #
@@ -97,6 +116,7 @@ class KidneyTumorSeg(ScriptedLoadableModule):
         iconPath = resourcePath("Icons/KidneyTumorSeg.png")
         if os.path.exists(iconPath):
             self.parent.icon = qt.QIcon(iconPath)
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 #
@@ -110,6 +130,10 @@ class KidneyTumorSegParameterNode:
     outputSegmentation - where the segments go (None: a new segmentation is created).
     device - Auto, CUDA or CPU.
     weightsPath - a weights file; empty for the bundled weights.
+    allowNonCT - segment a scan that fails the Hounsfield-unit check (the result carries a warning).
+    fastMode - no test-time mirroring (about half the segmenter's time).
+    threads - CPU threads for the networks (0: PyTorch decides).
+    exportFolder - the folder of training cases "Export for training" writes into.
     resultsTable - the table of volumes and diameters of the last run.
     """
 
@@ -117,6 +141,10 @@ class KidneyTumorSegParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     device: Annotated[str, Choice(list(DEVICES))] = "Auto"
     weightsPath: str = ""
+    allowNonCT: bool = False
+    fastMode: bool = False
+    threads: Annotated[int, WithinRange(0, 256)] = 0
+    exportFolder: str = ""
     resultsTable: vtkMRMLTableNode
 
 
@@ -130,7 +158,9 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None
+        self._job = None  # the background segmentation, or the background install, while one runs
+        self._afterInstall = None
+        self._shownLog = None
         self._cudaStatus = None
         self._cudaProbe = None
 
@@ -144,6 +174,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.weightsPathLineEdit.filters = ctk.ctkPathLineEdit.Files
         self.ui.weightsPathLineEdit.nameFilters = [_("KidneyTumorSeg weights (*.safetensors)")]
+        self.ui.exportFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.hide()
         self._pollTimer = qt.QTimer()
@@ -155,11 +186,16 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.show3DButton.connect("clicked(bool)", self.onShow3D)
         self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditor)
+        self.ui.exportForTrainingButton.connect("clicked(bool)", self.onExportForTraining)
+        self.ui.copyLogButton.connect("clicked(bool)", self.onCopyLog)
         self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)", self.onWeightsPathChanged)
+        self.ui.exportFolderPathLineEdit.connect("currentPathChanged(QString)", self.onExportFolderChanged)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.cancelRun()
+        if self._job is not None:  # Slicer is closing: stop the child, waiting for it at most briefly
+            self._job.cancel(grace_s=2.0)
+            self._job.wait()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -197,6 +233,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
             self.ui.weightsPathLineEdit.currentPath = self._parameterNode.weightsPath
+            self.ui.exportFolderPathLineEdit.currentPath = self._parameterNode.exportFolder
             self.updateDeviceChoices(refresh=False)
             self.updateGUI()
 
@@ -238,9 +275,10 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         running = self._job is not None
         if running:
-            self.ui.applyButton.text = _("Cancel")
-            self.ui.applyButton.toolTip = _("Stop the segmentation; nothing is changed.")
-            self.ui.applyButton.enabled = True
+            cancelling = self._job.state == "cancelling"
+            self.ui.applyButton.text = _("Cancelling...") if cancelling else _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop; nothing is changed.")
+            self.ui.applyButton.enabled = not cancelling
         else:
             self.ui.applyButton.text = _("Apply")
             canApply = bool(p and p.inputVolume)
@@ -255,6 +293,8 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasResult = bool(segmentation) and self.logic.hasResult(segmentation)
         self.ui.show3DButton.enabled = hasResult and not running
         self.ui.editInSegmentEditorButton.enabled = hasResult and not running
+        hasSegments = bool(segmentation) and segmentation.GetSegmentation().GetNumberOfSegments() > 0
+        self.ui.exportForTrainingButton.enabled = hasSegments and bool(p.inputVolume) and not running
         table = self.logic.resultsTable(segmentation) if segmentation else None
         if p and table is not p.resultsTable:
             p.resultsTable = table
@@ -264,17 +304,33 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and self._parameterNode.weightsPath != path:
             self._parameterNode.weightsPath = path
 
+    def onExportFolderChanged(self, path) -> None:
+        if self._parameterNode and self._parameterNode.exportFolder != path:
+            self._parameterNode.exportFolder = path
+
+    def _showLog(self, job) -> None:
+        lines = list(job.log)
+        if lines != self._shownLog:
+            self._shownLog = lines
+            self.ui.logTextEdit.setPlainText("\n".join(lines))
+            self.ui.logTextEdit.moveCursor(qt.QTextCursor.End)
+
+    def onCopyLog(self) -> None:
+        qt.QApplication.clipboard().setText(self.ui.logTextEdit.plainText)
+
     # --- actions --------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
         if self._job is not None:
-            self.cancelRun()
-            self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
+            self._job.cancel()  # returns at once; the poll timer ends the job when the child is gone
+            self.ui.statusLabel.text = _("Cancelling...")
+            self.updateGUI()
             return
         p = self._parameterNode
+        missing = self.logic.missingEngineDependencies()
+        if missing:
+            self.startInstall(missing, then=self.onApplyButton)
+            return
         with slicer.util.tryWithErrorDisplay(_("The segmentation could not be started."), waitCursor=True):
-            if not self.logic.ensureEngineDependencies(confirm=slicer.util.confirmOkCancelDisplay):
-                self.ui.statusLabel.text = _("PyTorch is needed to segment; it was not installed.")
-                return
             self._cudaStatus = None
             self.updateDeviceChoices()
             edited = self.logic.editedSegments(p.outputSegmentation)
@@ -285,20 +341,42 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ):
                 return
             self._job = self.logic.startBackground(
-                p.inputVolume, p.outputSegmentation, DEVICES[p.device], p.weightsPath or None
+                p.inputVolume, p.outputSegmentation, DEVICES[p.device], p.weightsPath or None,
+                allowNonCT=p.allowNonCT, noMirror=p.fastMode, threads=p.threads or None,
             )
-            self.ui.progressBar.value = 0
-            self.ui.progressBar.show()
-            self.ui.statusLabel.text = _("Starting...")
-            self._pollTimer.start()
+            self._startPolling(_("Starting..."))
         self.updateGUI()
 
+    def startInstall(self, missing, then=None) -> None:
+        """Ask, then install ``missing`` packages in the background; ``then()`` runs once they are there."""
+        # torch through the PyTorch extension's light-the-torch when it is installed, in child processes
+        from KidneyTumorSegLib.mrml import BackgroundInstall, describe_plan, install_plan_here
+
+        steps = install_plan_here(missing)
+        if not slicer.util.confirmOkCancelDisplay(
+            _("Kidney Tumor Seg needs these Python packages, which are not installed yet:\n\n{what}\n\n"
+              "They are downloaded and installed in the background: Slicer stays usable, the panel shows the "
+              "progress and you can cancel. Install now?").format(what=describe_plan(steps)),
+            windowTitle=_("Install PyTorch?"),
+        ):
+            self.ui.statusLabel.text = _("PyTorch is needed to segment; it was not installed.")
+            return
+        self._job = BackgroundInstall(steps).start()
+        self._afterInstall = then
+        self._startPolling(_("Installing {what}...").format(what=steps[0].what))
+        self.updateGUI()
+
+    def _startPolling(self, message) -> None:
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self.ui.statusLabel.text = message
+        self._shownLog = None
+        self._pollTimer.start()
+
     def cancelRun(self) -> None:
+        """Stop the running job without waiting: it is polled until its child is gone."""
         if self._job is not None:
-            self._pollTimer.stop()
             self._job.cancel()
-            self._job = None
-            self.ui.progressBar.hide()
             self.updateGUI()
 
     def onPollTimer(self) -> None:
@@ -309,20 +387,62 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         state = job.poll()
         self.ui.progressBar.value = int(round(100 * job.fraction))
         self.ui.statusLabel.text = job.message
-        if state == "running":
+        self._showLog(job)
+        if state in ("running", "cancelling"):
             return
         self._pollTimer.stop()
         self._job = None
         self.ui.progressBar.hide()
-        if state == "done":
-            self._parameterNode.outputSegmentation = job.segmentation_node
+        if hasattr(job, "segmentation_node"):
+            self._segmentationEnded(job, state)
+        else:
+            self._installEnded(job, state)
+        self.updateGUI()
+
+    def _segmentationEnded(self, job, state) -> None:
+        p = self._parameterNode
+        if state == "done" and p is not None:
+            p.outputSegmentation = job.segmentation_node
             self.logic.show3D(job.segmentation_node)
             self.ui.statusLabel.text = self.logic.summary(job.report)
             self._resetThreeDView()
         elif state == "error":
             self.ui.statusLabel.text = job.error
+            if job.returncode == NOT_CT_EXIT_CODE and p is not None and not p.allowNonCT:
+                if slicer.util.confirmYesNoDisplay(
+                    job.error + "\n\n" + _("Segment it anyway? Only do so if you are sure the scan is a CT; the "
+                                           "result will carry a warning."), windowTitle=_("Not a CT?")):
+                    p.allowNonCT = True
+                    qt.QTimer.singleShot(0, self.onApplyButton)
+                return
             slicer.util.errorDisplay(job.error, windowTitle=_("Kidney Tumor Seg"))
-        self.updateGUI()
+        elif state == "cancelled":
+            self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
+
+    def _installEnded(self, job, state) -> None:
+        then, self._afterInstall = self._afterInstall, None
+        if state == "done":
+            importlib.invalidate_caches()
+            if self.logic.missingEngineDependencies():
+                self.ui.statusLabel.text = _("The packages were installed but cannot be loaded yet; restart Slicer.")
+            elif then is not None:
+                then()
+        elif state == "error":
+            self.ui.statusLabel.text = job.error
+            slicer.util.errorDisplay(job.error, windowTitle=_("Kidney Tumor Seg"))
+        else:
+            self.ui.statusLabel.text = _("Installation cancelled; nothing more was installed.")
+
+    def onLoadSample(self) -> None:
+        """Load the synthetic sample CT (made here on first use) as the input."""
+        if self._job is not None:
+            return
+        if self.logic.missingEngineDependencies(("scipy",)):
+            self.startInstall(self.logic.missingEngineDependencies(), then=self.onLoadSample)
+            return
+        with slicer.util.tryWithErrorDisplay(_("The sample CT could not be made."), waitCursor=True):
+            self._parameterNode.inputVolume = self.logic.loadSample()
+            self.ui.statusLabel.text = _("Sample CT loaded: a synthetic phantom, not a patient. Press Apply.")
 
     def onShow3D(self) -> None:
         segmentation = self._parameterNode.outputSegmentation
@@ -345,6 +465,23 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode
         setSource(p.inputVolume)
 
+    def onExportForTraining(self) -> None:
+        """Write the input CT and the segmentation, as corrected, as a new case of the training folder."""
+        p = self._parameterNode
+        folder = p.exportFolder or qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), _("Folder of training cases (KiTS layout)"))
+        if not folder:
+            return
+        self.ui.exportFolderPathLineEdit.currentPath = folder
+        try:
+            with slicer.util.WaitCursor():
+                case = self.logic.exportForTraining(p.outputSegmentation, p.inputVolume, folder)
+        except Exception as err:  # the library's errors are one sentence the user can act on
+            self.ui.statusLabel.text = str(err)
+            slicer.util.errorDisplay(str(err), windowTitle=_("Export for training"))
+            return
+        self.ui.statusLabel.text = _("Exported {case} (CT, labels 0/1/2 and provenance).").format(case=case)
+
 
 #
 # KidneyTumorSegLogic
@@ -360,39 +497,8 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
 
     # --- dependencies ---------------------------------------------------------------------------
     @staticmethod
-    def missingEngineDependencies():
-        return [name for name in ENGINE_PACKAGES if importlib.util.find_spec(name) is None]
-
-    def ensureEngineDependencies(self, confirm=None):
-        """Install missing Python packages (PyTorch first) after asking; never at import time.
-
-        ``confirm(text) -> bool`` asks the user; None installs without asking (tests, scripts).
-        """
-        missing = self.missingEngineDependencies()
-        if not missing:
-            return True
-        text = _(
-            "Kidney Tumor Seg needs these Python packages, which are not installed yet: {packages}.\n\n"
-            "PyTorch is a large download (up to a few GB) and may take several minutes. Install now?"
-        ).format(packages=", ".join(missing))
-        if confirm is not None and not confirm(text):
-            return False
-        if "torch" in missing:
-            try:
-                import PyTorchUtils  # the PyTorch extension picks the right CUDA/CPU build
-
-                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                    askConfirmation=False, torchVersionRequirement=">=2.1"
-                )
-                if torch is None:
-                    return False
-            except ImportError:  # no PyTorch extension: the default (CPU or CUDA) wheel from PyPI
-                slicer.util.pip_install("torch>=2.1")
-        others = [ENGINE_PACKAGES[name] for name in missing if name != "torch"]
-        if others:
-            slicer.util.pip_install(others)
-        importlib.invalidate_caches()
-        return not self.missingEngineDependencies()
+    def missingEngineDependencies(names=None):
+        return [name for name in (names or ENGINE_PACKAGES) if importlib.util.find_spec(name) is None]
 
     @staticmethod
     def startCudaProbe():
@@ -411,14 +517,16 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
         return segment_volume_node(inputVolume, outputSegmentation, device=device, weights=weights,
                                    progress=progress)
 
-    def startBackground(self, inputVolume, outputSegmentation=None, device="auto", weights=None, onProgress=None):
+    def startBackground(self, inputVolume, outputSegmentation=None, device="auto", weights=None, onProgress=None,
+                        allowNonCT=False, noMirror=False, threads=None):
         """Start a background run (the GUI polls it); returns the job."""
         from KidneyTumorSegLib.mrml import BackgroundSegmentation
 
         if not inputVolume:
             raise ValueError("Input volume is invalid")
         return BackgroundSegmentation(inputVolume, outputSegmentation, device=device, weights=weights,
-                                      on_progress=onProgress).start()
+                                      on_progress=onProgress, allow_non_ct=allowNonCT, no_mirror=noMirror,
+                                      threads=threads).start()
 
     # --- results --------------------------------------------------------------------------------
     @staticmethod
@@ -455,6 +563,20 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic):
 
         return summary_text(report or {})
 
+    @staticmethod
+    def exportForTraining(segmentationNode, volumeNode, folder, caseId=None):
+        """Write one KiTS case (CT, labels on its grid, provenance) into ``folder``; returns its name."""
+        from KidneyTumorSegLib.mrml import export_training_case
+
+        return export_training_case(segmentationNode, volumeNode, folder, caseId).name
+
+    @staticmethod
+    def loadSample():
+        """The synthetic sample CT as a volume node, made into Slicer's cache folder on first use."""
+        from KidneyTumorSegLib.mrml.sample import load_sample
+
+        return load_sample()
+
 
 #
 # KidneyTumorSegTest
@@ -475,14 +597,10 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         self.test_KidneyTumorSeg_background()
 
     def _phantomVolumeNode(self, seed=3):
-        import numpy as np
-
         from KidneyTumorSegLib.mrml import volume_to_node
-        from KidneyTumorSegLib.phantoms import make_phantom, procedural_labels
+        from KidneyTumorSegLib.sample import make_sample_ct
 
-        truth = procedural_labels(seed, shape_zyx=(80, 256, 256), spacing_xyz=(1.5, 1.5, 3.0), n_kidneys=2)
-        ct, _info = make_phantom(truth, seed)
-        ct = ct.with_array(np.round(ct.array).astype(np.int16))
+        ct, truth = make_sample_ct(seed)  # seed 3 is the Sample Data CT
         return volume_to_node(ct, name="Phantom CT"), truth
 
     @staticmethod
@@ -491,8 +609,11 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         return 1.0 if denominator == 0 else 2.0 * int((a & b).sum()) / denominator
 
     def test_KidneyTumorSeg_phantom(self):
+        import tempfile
+
         import numpy as np
 
+        from KidneyTumorSegLib.io import read_volume
         from KidneyTumorSegLib.mrml import export_structures, our_segment_ids, read_results_table
         from KidneyTumorSegLib.terminology import STRUCTURES
 
@@ -532,6 +653,12 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         self.assertGreaterEqual(self._dice(kidney | tumour, truth.array > 0), self.KIDNEY_DICE_MIN)
         if (truth.array == 2).sum() * voxelMl >= 1.0:
             self.assertGreaterEqual(self._dice(tumour, truth.array == 2), self.TUMOUR_DICE_MIN)
+
+        self.delayDisplay("Exporting for training")
+        with tempfile.TemporaryDirectory() as folder:
+            case = logic.exportForTraining(segmentationNode, volumeNode, folder)
+            labels = read_volume(os.path.join(folder, case, "segmentation.nii.gz")).array
+            self.assertTrue(np.array_equal(labels == 2, tumour) and np.array_equal(labels == 1, kidney & ~tumour))
 
         rows = read_results_table(logic.resultsTable(segmentationNode))
         self.assertEqual({r["Side"] for r in rows}, {"Right", "Left"})

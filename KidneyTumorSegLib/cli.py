@@ -333,6 +333,14 @@ def run_demo(args) -> int:
     return code
 
 
+def run_export(args) -> int:
+    from .export import export_files
+
+    case = export_files(args.segmentation, args.reference, args.out, args.case_id)
+    print(f"Wrote {case} (imaging.nii.gz, segmentation.nii.gz, provenance.json).")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kidney-tumor-seg",
@@ -366,6 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.add_argument("--weights", help="weights bundle; default: the bundled weights")
     demo.set_defaults(func=run_demo)
+
+    exp = sub.add_parser(
+        "export", help="write a corrected segmentation and its CT as a KiTS training case",
+        description="Write SEG (a .seg.nrrd, e.g. corrected in Slicer) and the CT it was made on as "
+        "OUT/case_XXXXX/imaging.nii.gz + segmentation.nii.gz (0 background, 1 kidney, 2 tumour on the CT's grid), "
+        "which 'train --data OUT' reads. Segments map by their terminology; existing cases are never overwritten.",
+        epilog="exit codes: 0 written, 2 unusable input (segment that maps to no label, case exists, ...), 7 file error",
+    )
+    exp.add_argument("segmentation", help="Slicer segmentation file (.seg.nrrd)")
+    exp.add_argument("--reference", required=True, help="the CT the segmentation was made on (file or DICOM folder)")
+    exp.add_argument("--out", required=True, help="folder of KiTS cases (created if missing)")
+    exp.add_argument("--case-id", help="case name or number (default: one past the highest case in --out)")
+    exp.set_defaults(func=run_export)
 
     for module, names in (
         ("KidneyTumorSegLib.phantoms.cli", ("add_phantom_parser", "add_gallery_parser")),

@@ -286,6 +286,18 @@ def read_seg_nrrd(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Volum
     segmentations line up voxel for voxel with the CT they were made on. The returned Volume holds
     the KiTS label map (0/1/2) of this extension's structures on that grid (see :func:`kits_labels`).
     """
+    segments, grid = read_seg_nrrd_segments(path)
+    masks = {seg["key"]: seg["mask"] for seg in segments}
+    return masks, kits_labels(masks, grid)
+
+
+def read_seg_nrrd_segments(path: str | os.PathLike) -> tuple[list[dict], Volume]:
+    """Every segment of a ``.seg.nrrd`` with its header fields, and the grid the masks lie on.
+
+    Each segment: ``id``, ``name``, ``color``, ``label``, ``layer``, ``tags`` (terminology included),
+    ``key`` (as :func:`read_seg_nrrd` names it) and ``mask`` (bool, on the returned grid). For
+    readers that map segments by their terminology rather than by name.
+    """
     import SimpleITK as sitk
 
     path = Path(path)
@@ -331,7 +343,6 @@ def read_seg_nrrd(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Volum
         if fits and agrees and min(ref_shape) > 0:
             grid, offset = candidate, start
 
-    masks: dict[str, np.ndarray] = {}
     segments = _segments_from_metadata(meta)
     names = [s["name"] for s in segments]
     for seg in segments:
@@ -347,5 +358,5 @@ def read_seg_nrrd(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Volum
             mask = np.zeros(grid.array.shape, bool)
             (i0, j0, k0), (nx, ny, nz) = offset, file_grid.size_xyz
             mask[k0 : k0 + nz, j0 : j0 + ny, i0 : i0 + nx] = local
-        masks[key] = mask
-    return masks, kits_labels(masks, grid)
+        seg["key"], seg["mask"] = key, mask
+    return segments, grid

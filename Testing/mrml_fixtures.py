@@ -15,6 +15,9 @@ from KidneyTumorSegLib.volume import Volume
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (Slicer's MRML as a wheel) is not installed")
 
+from KidneyTumorSegLib.mrml.segments import _layer_image  # noqa: E402
+from KidneyTumorSegLib.mrml.volumes import matrix_to_numpy  # noqa: E402
+
 LOGICS = (
     ("Colors", "vtkSlicerColorLogic"),
     ("Volumes", "vtkSlicerVolumesLogic"),
@@ -97,3 +100,30 @@ def box_structures(shape_zyx) -> dict[str, np.ndarray]:
     tr[z // 4 + 1 : z // 4 + 4, y // 4 + 1 : y // 4 + 5, 3:8] = True
     kr &= ~tr
     return {"kidney_right": kr, "kidney_left": kl, "tumour_right": tr}
+
+
+def vtk_matrix(node) -> np.ndarray:
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return matrix_to_numpy(m)
+
+
+def node_state(scene) -> dict:
+    """IDs and MTimes of every node, to prove which nodes a run touched."""
+    out = {}
+    for i in range(scene.GetNumberOfNodes()):
+        n = scene.GetNthNode(i)
+        out[n.GetID()] = n.GetMTime()
+    return out
+
+
+def add_user_segment(node, volume_node, mask, name="My notes", color=(0.1, 0.2, 0.9)) -> str:
+    """A segment made the way the Segment Editor makes one (empty segment, then a labelmap)."""
+    seg_id = node.GetSegmentation().AddEmptySegment("", name, color)
+    image = _layer_image(mask.astype(np.uint8), vtk_matrix(volume_node))
+    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        image, node, seg_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+    )
+    return seg_id

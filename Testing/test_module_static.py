@@ -40,6 +40,7 @@ CLASS_BASES = {
     "QSpinBox": ("QWidget",),
     "QDoubleSpinBox": ("QWidget",),
     "QTableView": ("QWidget",),
+    "QPlainTextEdit": ("QWidget",),
     "ctkCollapsibleButton": ("QAbstractButton",),
     "ctkPathLineEdit": ("QWidget",),
     "ctkSliderWidget": ("QWidget",),
@@ -55,6 +56,8 @@ MEMBERS = {
     "QComboBox": {"findText", "model", "setItemData", "currentText", "currentIndex", "addItem", "clear"},
     "QProgressBar": {"value", "setValue", "setRange", "minimum", "maximum"},
     "QLineEdit": {"text", "setText"},
+    "QSpinBox": {"value", "setValue", "minimum", "maximum", "specialValueText"},
+    "QPlainTextEdit": {"plainText", "setPlainText", "appendPlainText", "clear", "moveCursor", "readOnly"},
     "ctkCollapsibleButton": {"collapsed"},
     "ctkPathLineEdit": {"currentPath", "setCurrentPath", "filters", "nameFilters"},
     "qMRMLNodeComboBox": {"currentNode", "setCurrentNode", "nodeTypes", "setMRMLScene"},
@@ -342,11 +345,104 @@ def test_ui_file_declares_its_custom_widgets_and_gives_mrml_widgets_the_scene():
         "deviceComboBox": "QComboBox", "weightsPathLineEdit": "ctkPathLineEdit", "applyButton": "QPushButton",
         "progressBar": "QProgressBar", "statusLabel": "QLabel", "show3DButton": "QPushButton",
         "editInSegmentEditorButton": "QPushButton", "resultsTableView": "qMRMLTableView",
+        "allowNonCTCheckBox": "QCheckBox", "fastModeCheckBox": "QCheckBox", "threadsSpinBox": "QSpinBox",
+        "exportFolderPathLineEdit": "ctkPathLineEdit", "exportForTrainingButton": "QPushButton",
+        "detailsCollapsibleButton": "ctkCollapsibleButton", "logTextEdit": "QPlainTextEdit",
+        "copyLogButton": "QPushButton",
     }
     widgets = ui_widgets()
     for name, cls in expected.items():
         assert widgets[name].get("class") == cls, name
     assert any(w.get("class") == "ctkCollapsibleButton" for w in widgets.values())
+
+
+def _class(tree: ast.Module, name: str) -> ast.ClassDef:
+    return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+
+
+def _method(cls: ast.ClassDef, name: str) -> ast.FunctionDef:
+    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def _calls(node: ast.AST, attr: str) -> list[ast.Call]:
+    return [c for c in ast.walk(node) if isinstance(c, ast.Call) and getattr(c.func, "attr", None) == attr]
+
+
+def test_every_connected_slot_is_a_method_of_the_widget():
+    tree = module_tree()
+    widget = _class(tree, f"{MODULE_NAME}Widget")
+    methods = {n.name for n in widget.body if isinstance(n, ast.FunctionDef)}
+    connected = {}
+    for call in _calls(widget, "connect"):
+        if len(call.args) == 2 and isinstance(call.args[1], ast.Attribute) and isinstance(call.args[0], ast.Constant):
+            connected[ast.unparse(call.func.value)] = call.args[1].attr
+    for sender in ("self.ui.exportForTrainingButton", "self.ui.copyLogButton", "self.ui.applyButton",
+                   "self.ui.exportFolderPathLineEdit"):
+        assert sender in connected, f"{sender} is not connected"
+    for sender, slot in connected.items():
+        assert slot in methods, f"{sender} is connected to self.{slot}, which the widget does not define"
+    assert "clipboard" in ast.unparse(_method(widget, connected["self.ui.copyLogButton"]))
+    export = ast.unparse(_method(widget, connected["self.ui.exportForTrainingButton"]))
+    assert "self.logic.exportForTraining(" in export and "getExistingDirectory" in export
+
+
+def test_advanced_options_reach_the_background_run():
+    tree = module_tree()
+    bound = {widget_property(w, "SlicerParameterName") for w in ui_widgets().values()}
+    assert {"allowNonCT", "fastMode", "threads"} <= bound
+    apply_ = _method(_class(tree, f"{MODULE_NAME}Widget"), "onApplyButton")
+    (start,) = _calls(apply_, "startBackground")
+    passed = {k.arg: ast.unparse(k.value) for k in start.keywords}
+    assert passed["allowNonCT"] == "p.allowNonCT" and passed["noMirror"] == "p.fastMode"
+    assert passed["threads"].startswith("p.threads")
+    logic_start = _method(_class(tree, f"{MODULE_NAME}Logic"), "startBackground")
+    (job,) = [c for c in ast.walk(logic_start) if isinstance(c, ast.Call)
+              and getattr(c.func, "id", None) == "BackgroundSegmentation"]
+    assert {"allow_non_ct", "no_mirror", "threads"} <= {k.arg for k in job.keywords}
+
+
+def test_nothing_is_installed_or_waited_for_on_the_gui_thread():
+    source = MODULE_FILE.read_text()
+    for blocking in ("pip_install", "installTorch", "_executePythonModule", "subprocess", "time.sleep("):
+        assert blocking not in source.split("class KidneyTumorSegTest")[0], f"the GUI must not call {blocking}"
+    widget = _class(module_tree(), f"{MODULE_NAME}Widget")
+    assert _calls(widget, "BackgroundInstall") or "BackgroundInstall(" in ast.unparse(widget)
+    for method in widget.body:
+        if not isinstance(method, ast.FunctionDef) or method.name == "cleanup":
+            continue  # closing Slicer may wait briefly for the child
+        assert not _calls(method, "wait"), f"{method.name} waits for a child process"
+        for call in _calls(method, "cancel"):
+            assert not any(k.arg == "wait" for k in call.keywords), f"{method.name} waits while cancelling"
+
+
+def test_sample_data_is_registered_at_startup_and_made_locally():
+    tree = module_tree()
+    init = ast.unparse(_method(_class(tree, MODULE_NAME), "__init__"))
+    assert "slicer.app.connect('startupCompleted()', registerSampleData)" in init
+    register = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "registerSampleData")
+    (call,) = _calls(register, "registerCustomSampleDataSource")
+    keywords = {k.arg: ast.unparse(k.value) for k in call.keywords}
+    assert keywords["customDownloader"] and "https://" not in ast.unparse(register)  # nothing is downloaded
+    thumbnail = re.search(r"resourcePath\('([^']+)'\)", keywords["thumbnailFileName"]).group(1)
+    from PIL import Image
+
+    with Image.open(REPO / "Resources" / thumbnail) as image:
+        assert image.format == "PNG" and min(image.size) >= 64
+
+
+def test_extension_screenshot_and_icon_named_in_cmake_are_real_files():
+    from PIL import Image
+
+    lists = cmake_lists(TOP_CMAKE.read_text())
+    urls = [u.strip('"') for u in lists["EXTENSION_SCREENSHOTURLS"]] + [lists["EXTENSION_ICONURL"][0].strip('"')]
+    for url in urls:
+        relative = re.search(r"/(?:main|master)/(.+)$", url).group(1)
+        path = REPO / relative
+        assert path.is_file(), f"{url} names {relative}, which is not in the repository"
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+            if "Screenshots" in relative:
+                assert image.size[0] >= 600 and image.size[1] >= 300, f"{relative} is too small for a screenshot"
 
 
 def test_mrml_bridge_imports_no_gui():

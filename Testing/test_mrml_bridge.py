@@ -11,9 +11,25 @@ import numpy as np
 import pytest
 
 try:  # Testing/ may be a package or a plain folder of test files
-    from .mrml_fixtures import box_structures, mrml_env, mrml_scene, oblique_volume  # noqa: F401
+    from .mrml_fixtures import (  # noqa: F401
+        add_user_segment,
+        box_structures,
+        mrml_env,
+        mrml_scene,
+        node_state,
+        oblique_volume,
+        vtk_matrix,
+    )
 except ImportError:
-    from mrml_fixtures import box_structures, mrml_env, mrml_scene, oblique_volume  # noqa: F401
+    from mrml_fixtures import (  # noqa: F401
+        add_user_segment,
+        box_structures,
+        mrml_env,
+        mrml_scene,
+        node_state,
+        oblique_volume,
+        vtk_matrix,
+    )
 
 slicer = pytest.importorskip("slicer")
 slicerio = pytest.importorskip("slicerio")
@@ -42,39 +58,12 @@ REPORT = {
 }
 
 
-def vtk_matrix(node) -> np.ndarray:
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    return mrml.volumes.matrix_to_numpy(m)
-
-
-def node_state(scene) -> dict:
-    """IDs and MTimes of every node, to prove which nodes a run touched."""
-    out = {}
-    for i in range(scene.GetNumberOfNodes()):
-        n = scene.GetNthNode(i)
-        out[n.GetID()] = n.GetMTime()
-    return out
-
-
 def segment_voxels(node, seg_id, shape) -> np.ndarray:
     mask, offset, _ = seg_mod._segment_mask_and_offset(node, seg_id)
     full = np.zeros(shape, bool)
     (i0, j0, k0), (nz, ny, nx) = offset, mask.shape
     full[k0 : k0 + nz, j0 : j0 + ny, i0 : i0 + nx] = mask
     return full
-
-
-def add_user_segment(node, volume_node, mask, name="My notes", color=(0.1, 0.2, 0.9)) -> str:
-    """A segment made the way the Segment Editor makes one (empty segment, then a labelmap)."""
-    seg_id = node.GetSegmentation().AddEmptySegment("", name, color)
-    image = seg_mod._layer_image(mask.astype(np.uint8), vtk_matrix(volume_node))
-    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        image, node, seg_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
-    )
-    return seg_id
 
 
 @pytest.fixture
@@ -408,11 +397,17 @@ STAND_IN_ENGINE = textwrap.dedent(
     s.add_argument("input"); s.add_argument("-o", "--output", required=True)
     s.add_argument("--labelmap"); s.add_argument("--report"); s.add_argument("--progress")
     s.add_argument("--device"); s.add_argument("--weights"); s.add_argument("--mode", default="ok")
+    s.add_argument("--allow-non-ct", action="store_true"); s.add_argument("--no-mirror", action="store_true")
+    s.add_argument("--threads", type=int); s.add_argument("--series")
     a = p.parse_args()
 
     def emit(**event):
         print(json.dumps(event), flush=True)
 
+    if a.mode == "stubborn":  # a child that does not stop when asked
+        import signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        a.mode = "hang"
     if a.mode == "hang":
         emit(event="progress", fraction=0.05, message="Thinking")
         Path(a.output).with_suffix(".started").write_text("x")
@@ -551,13 +546,50 @@ def test_cancel_stops_the_process_and_removes_temporary_files(ct, stand_in, mrml
     job.poll()
     assert job.fraction == 0.05 and job.message == "Thinking"
     proc = job._proc
-    t0 = time.monotonic()
-    job.cancel()
-    assert time.monotonic() - t0 < 10
+    job.cancel()  # returns at once: the GUI keeps polling while the child ends
+    assert job.state in ("cancelling", "cancelled")
+    while job.poll() == "cancelling":
+        time.sleep(0.02)
     assert proc.poll() is not None  # the child is gone
     assert job.state == "cancelled" and job.poll() == "cancelled"
     assert not job.temp_dir.exists()
     assert node_state(mrml_scene) == before
+
+
+def test_a_child_that_ignores_cancel_is_killed_after_the_grace_period(ct, stand_in):
+    volume, node = ct
+    job = mrml.BackgroundSegmentation(node, device="cpu", extra_args=["--mode", "stubborn"], **stand_in).start()
+    started = job.temp_dir / "result.seg.started"
+    while not started.exists() and job.poll() == "running":
+        time.sleep(0.05)
+    job.cancel(grace_s=0.3)
+    polls_while_cancelling = 0
+    while job.poll() == "cancelling":
+        polls_while_cancelling += 1
+        assert polls_while_cancelling < 3000, "the stubborn child was never killed"
+        time.sleep(0.01)
+    assert polls_while_cancelling > 0  # SIGTERM alone did not end it: poll() killed it, without blocking
+    assert job.state == "cancelled" and job.returncode == -9
+    assert not job.temp_dir.exists()
+
+
+def test_background_run_passes_the_advanced_options_and_keeps_a_log(ct, stand_in):
+    volume, node = ct
+    job = mrml.BackgroundSegmentation(node, device="cpu", allow_non_ct=True, no_mirror=True, threads=3,
+                                      series="1.2.840.99.7", **stand_in).start()
+    assert job.wait(timeout=120) == "done", job.error
+    argv = job.report["argv"]
+    assert "--allow-non-ct" in argv and "--no-mirror" in argv
+    assert argv[argv.index("--threads") + 1] == "3" and argv[argv.index("--series") + 1] == "1.2.840.99.7"
+    log = list(job.log)
+    assert log[0].startswith("$ ") and "segment" in log[0]
+    events = [json.loads(line)["event"] for line in log[1:] if line.startswith("{")]
+    assert events == ["progress", "progress", "warning", "progress", "done"]
+    assert "a line that is not JSON" in log
+
+    plain = mrml.BackgroundSegmentation(node, device="cpu", threads=0, series=" ", **stand_in)
+    plain.temp_dir = job.temp_dir
+    assert not {"--allow-non-ct", "--no-mirror", "--threads", "--series"} & set(plain.command(job.temp_dir / "x"))
 
 
 def test_background_run_with_the_real_command_line(engine_ct, tmp_path):

@@ -6,6 +6,8 @@ array helpers, the Segmentations and Terminologies logics), never ``qt``, ``ctk`
 """
 
 from .background import BackgroundSegmentation, CudaProbe, python_executable
+from .export import export_training_case, kits_labels_of_node
+from .install import BackgroundInstall, describe_plan, install_plan, install_plan_here
 from .results import read_results_table, table_rows, update_results_table
 from .run import apply_result, results_table_of, segment_volume_node
 from .segments import (
@@ -22,10 +24,16 @@ from .segments import (
 from .volumes import volume_from_node, volume_to_node
 
 __all__ = [
+    "BackgroundInstall",
     "BackgroundSegmentation",
     "CudaProbe",
     "apply_result",
+    "describe_plan",
+    "export_training_case",
     "export_structures",
+    "install_plan",
+    "install_plan_here",
+    "kits_labels_of_node",
     "new_segmentation_node",
     "our_segment_ids",
     "place_beside",

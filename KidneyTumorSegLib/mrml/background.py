@@ -5,13 +5,18 @@ moment and GPU memory must be given back afterwards. So the GUI writes the input
 temporary NRRD and runs the command line in a child process (Slicer's own Python)::
 
     python -m KidneyTumorSegLib segment IN.nrrd -o OUT.seg.nrrd --labelmap OUT_labels.nrrd
-        --report OUT.json --progress json --device D [--weights W]
+        --report OUT.json --progress json --device D [--weights W] [--allow-non-ct] [--no-mirror]
+        [--threads N] [--series S]
 
 The child prints one JSON object per line on stdout (``progress``, ``warning``, then ``done`` or
 ``error``). :meth:`BackgroundSegmentation.poll` never blocks: reader threads collect the lines and
 ``poll`` hands them on, so a ``QTimer`` can call it. When the child has finished, the ``.seg.nrrd``
 it wrote is read back and loaded into the segmentation node by :func:`.run.apply_result`, the same
-function the in-process path uses. Temporary files are removed whatever the outcome.
+function the in-process path uses. Temporary files are removed whatever the outcome. Every line
+the child printed is kept in :attr:`BackgroundSegmentation.log` for the panel's details area.
+:meth:`~BackgroundSegmentation.cancel` only asks the child to stop (SIGTERM, which the CLI treats
+as Ctrl-C) and returns; ``poll`` finishes the job once the child is gone, killing it if it has not
+gone within a grace period, so the GUI never waits on a dying process.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from ..errors import KidneyTumorSegError
 log = logging.getLogger("KidneyTumorSeg")
 
 RUNNING, DONE, FAILED, CANCELLED, NOT_STARTED = "running", "done", "error", "cancelled", "not started"
+CANCELLING = "cancelling"
+LOG_LINES = 2000  # the details area keeps the last lines of a run
 
 
 def python_executable() -> str:
@@ -134,6 +141,10 @@ class BackgroundSegmentation:
         extra_args: list[str] | None = None,
         extra_pythonpath: list[str] | None = None,
         closed_surface: bool = True,
+        allow_non_ct: bool = False,
+        no_mirror: bool = False,
+        threads: int | None = None,
+        series: str | None = None,
     ):
         self.volume_node = volume_node
         self.segmentation_node = segmentation_node
@@ -145,6 +156,10 @@ class BackgroundSegmentation:
         self.extra_args = list(extra_args or [])
         self.extra_pythonpath = [str(p) for p in (extra_pythonpath or [])]
         self.closed_surface = closed_surface
+        self.allow_non_ct = bool(allow_non_ct)
+        self.no_mirror = bool(no_mirror)
+        self.threads = int(threads) if threads else None
+        self.series = str(series).strip() if series is not None and str(series).strip() else None
 
         self.state = NOT_STARTED
         self.fraction = 0.0
@@ -160,6 +175,8 @@ class BackgroundSegmentation:
         self._threads: list[threading.Thread] = []
         self._done_event: dict | None = None
         self._error_event: str | None = None
+        self.log: deque = deque(maxlen=LOG_LINES)  # every line the child printed, stderr marked
+        self._kill_at: float | None = None
 
     # --- starting -------------------------------------------------------------------------------
     def command(self, input_path: Path) -> list[str]:
@@ -174,6 +191,14 @@ class BackgroundSegmentation:
         ]
         if self.weights:
             cmd += ["--weights", self.weights]
+        if self.allow_non_ct:
+            cmd.append("--allow-non-ct")
+        if self.no_mirror:
+            cmd.append("--no-mirror")
+        if self.threads:
+            cmd += ["--threads", str(self.threads)]
+        if self.series:
+            cmd += ["--series", self.series]
         return cmd + self.extra_args
 
     def _environment(self) -> dict:
@@ -212,7 +237,17 @@ class BackgroundSegmentation:
             raise
         self.state = RUNNING
         self.message = "Starting"
-        for stream, sink in ((self._proc.stdout, self._lines.put), (self._proc.stderr, self._stderr_tail.append)):
+        self.log.append("$ " + " ".join(cmd))
+
+        def out(line):
+            self.log.append(line)
+            self._lines.put(line)
+
+        def err(line):
+            self.log.append("stderr: " + line)
+            self._stderr_tail.append(line)
+
+        for stream, sink in ((self._proc.stdout, out), (self._proc.stderr, err)):
             t = threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
             t.start()
             self._threads.append(t)
@@ -230,6 +265,10 @@ class BackgroundSegmentation:
     @property
     def finished(self) -> bool:
         return self.state in (DONE, FAILED, CANCELLED)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def _handle(self, line: str) -> None:
         try:
@@ -266,6 +305,8 @@ class BackgroundSegmentation:
 
     def poll(self) -> str:
         """Hand on new progress; on the child's exit load the result. Never blocks. Returns the state."""
+        if self.state == CANCELLING:
+            return self._finish_cancel()
         if self.state != RUNNING:
             return self.state
         self._drain()
@@ -300,9 +341,9 @@ class BackgroundSegmentation:
         import time
 
         t0 = time.monotonic()
-        while self.poll() == RUNNING:
-            if timeout is not None and time.monotonic() - t0 > timeout:
-                self.cancel()
+        while self.poll() in (RUNNING, CANCELLING):
+            if timeout is not None and time.monotonic() - t0 > timeout and self.state == RUNNING:
+                self.cancel(wait=True)
                 raise TimeoutError(f"the segmentation did not finish within {timeout} s")
             time.sleep(interval)
         return self.state
@@ -335,24 +376,45 @@ class BackgroundSegmentation:
         )
 
     # --- cancelling -----------------------------------------------------------------------------
-    def cancel(self) -> None:
-        """Stop the child (terminate, then kill), drop its output and remove the temporary files."""
+    def cancel(self, wait: bool = False, grace_s: float = 5.0) -> None:
+        """Ask the child to stop and return at once (state ``cancelling``); ``poll`` ends the job.
+
+        The child gets SIGTERM (the CLI stops as for Ctrl-C and writes nothing); one still alive
+        ``grace_s`` seconds later is killed by ``poll``. Its output is dropped and the temporary
+        files removed. ``wait=True`` polls until the child is gone (scripts, closing Slicer).
+        """
+        import time
+
         if self.state != RUNNING:
             return
+        self.state, self.message = CANCELLING, "Cancelling"
+        self._kill_at = time.monotonic() + max(0.0, grace_s)
+        if self._proc.poll() is None:
+            try:
+                self._proc.terminate()
+            except OSError:  # gone in the meantime
+                pass
+        while wait and self.poll() == CANCELLING:
+            time.sleep(0.05)
+
+    def _finish_cancel(self) -> str:
+        import time
+
         proc = self._proc
         if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        for t in self._threads:
-            t.join(timeout=2)
+            if self._kill_at is not None and time.monotonic() >= self._kill_at:
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
+            return self.state
+        for t in self._threads:  # the pipes reach EOF once the child is gone
+            t.join(timeout=0.5)
         self.returncode = proc.returncode
         self.state = CANCELLED
         self.message = "Cancelled"
         self._remove_temp()
+        return self.state
 
     def _remove_temp(self) -> None:
         for stream in (getattr(self._proc, "stdout", None), getattr(self._proc, "stderr", None)):
@@ -366,7 +428,7 @@ class BackgroundSegmentation:
 
     def __del__(self):  # never leave a child running when the job object goes away
         try:
-            if self.state == RUNNING and self._proc is not None and self._proc.poll() is None:
+            if self.state in (RUNNING, CANCELLING) and self._proc is not None and self._proc.poll() is None:
                 self._proc.kill()
         except Exception:
             pass

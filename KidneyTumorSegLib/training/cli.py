@@ -144,19 +144,24 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--cache", help="folder caching the resampled cases as .npy (reused across runs)")
     data.add_argument("--prep-workers", type=int, default=0, help="processes preparing cases")
     t = p.add_argument_group("training")
-    t.add_argument("--config", choices=CONFIGS, default="compact", help="network shapes and grids")
+    t.add_argument("--config", choices=CONFIGS, help="network shapes and grids (default: compact, or the "
+                   "--finetune-from bundle's)")
     t.add_argument("--networks", default="z,xy,seg", help="which networks to train (z, xy, seg)")
     t.add_argument("--epochs", type=int, default=1000, help="maximum epochs per network")
     t.add_argument("--steps-per-epoch", type=int, default=250)
     t.add_argument("--batch-size", help="N for all networks, or z=32,xy=16,seg=2")
     t.add_argument("--val-samples", type=int, help="validation samples per network (default z 256, xy 128, seg 48)")
     t.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-    t.add_argument("--lr", type=float, help="initial learning rate (default 0.01 SGD, 0.001 AdamW)")
+    t.add_argument("--lr", type=float, help="initial learning rate (default 0.01 SGD, 0.001 AdamW; "
+                   "a tenth of that with --finetune-from)")
     t.add_argument("--momentum", type=float, default=0.99, help="SGD momentum (Nesterov)")
     t.add_argument("--no-augment", action="store_true", help="switch the augmentation off")
     t.add_argument("--tumour-fraction", type=float, default=0.5, help="segmenter patches centred on tumour")
     t.add_argument("--time-budget-min", type=float, help="wall-clock budget for all networks together")
     t.add_argument("--init-weights", help="bundle supplying networks not trained in this run")
+    t.add_argument("--finetune-from", help="bundle whose networks the training starts from (e.g. the bundled "
+                   "weights, on cases exported from corrected segmentations); it also supplies the networks "
+                   "not trained")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
     t.add_argument("--seed", type=int, default=0)
     e = p.add_argument_group("engine")
@@ -208,7 +213,13 @@ def run_train(args) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     run_json = out / "run.json"
-    cfg = model_config(args.config)
+    start = _finetune_start(args)
+    cfg = start.config if start is not None and not args.config else model_config(args.config or "compact")
+    if start is not None and any(start.config.network_shape(_section(n)) != cfg.network_shape(_section(n))
+                                 for n in NETWORKS):
+        raise InputError(f"The --finetune-from bundle has other network shapes than --config {args.config}; "
+                         "leave --config out to keep the bundle's.")
+    args.config = args.config or ("that of --finetune-from" if start is not None else "compact")
     if args.resume and run_json.exists():
         from ..config import ModelConfig
 
@@ -230,9 +241,10 @@ def run_train(args) -> int:
                      "excluded": sorted(exclude)}
         if not split["train"] or not split["val"]:
             raise InputError("Training needs at least two cases: one to train on and one to validate with.")
+        default_lr = (0.01 if args.optimizer == "sgd" else 1e-3) * (0.1 if start is not None else 1.0)
         schedule = ScheduleConfig(
             optimizer=args.optimizer,
-            lr=args.lr if args.lr is not None else (0.01 if args.optimizer == "sgd" else 1e-3),
+            lr=args.lr if args.lr is not None else default_lr,
             momentum=args.momentum,
         )
         opts = TrainOptions(
@@ -283,7 +295,8 @@ def run_train(args) -> int:
             bar.line(f"{row['network']} epoch {row['epoch']}: lr {row['lr']:.1e} train {row['train_loss']:.4f} "
                      f"val {row['val_loss']:.4f}{extra} ({row['seconds']:.0f} s)")
 
-        trainer = Trainer(cfg, train_cases, val_cases, opts, out, device, ctx, args.resume, bar, on_epoch)
+        trainer = Trainer(cfg, train_cases, val_cases, opts, out, device, ctx, args.resume, bar, on_epoch,
+                          init_states=start.state_dicts if start is not None else None)
         results = trainer.run()
         if ctx.is_main:
             path = write_run_bundle(out, cfg, results, trainer, split, source, args, device, ctx, t0)
@@ -292,6 +305,17 @@ def run_train(args) -> int:
         return 0
     finally:
         cleanup(ctx)
+
+
+def _finetune_start(args):
+    """The bundle ``--finetune-from`` names (loaded and checked), or None."""
+    if not getattr(args, "finetune_from", None):
+        return None
+    from ..weights import load_bundle
+
+    if args.init_weights and Path(args.init_weights).resolve() != Path(args.finetune_from).resolve():
+        raise InputError("Give either --finetune-from or --init-weights: the fine-tuned bundle supplies every network.")
+    return load_bundle(args.finetune_from)
 
 
 def _other_state_dicts(out: Path, cfg, init_weights: str | None, names) -> tuple[dict, dict]:
@@ -323,9 +347,15 @@ def write_run_bundle(out, cfg, results, trainer, split, source, args, device, ct
     from .loop import hardware_description
 
     states = {n: r["state_dict"] for n, r in results.items()}
-    others, origin = _other_state_dicts(out, cfg, getattr(args, "init_weights", None), [n for n in NETWORKS if n not in states])
+    finetune = getattr(args, "finetune_from", None)
+    others, origin = _other_state_dicts(out, cfg, getattr(args, "init_weights", None) or finetune,
+                                        [n for n in NETWORKS if n not in states])
     states.update(others)
-    origin.update({n: "trained in this run" for n in results})
+    if finetune:
+        origin.update({n: f"--finetune-from {finetune} (not trained in this run)" for n in others
+                       if origin[n].startswith("--init-weights")})
+    origin.update({n: f"fine-tuned in this run from {finetune}" if finetune else "trained in this run"
+                   for n in results})
     provenance = {
         "name": f"kidney-tumor-seg {getattr(args, 'config', 'custom')} run {Path(out).name}",
         "kind": "trained",
