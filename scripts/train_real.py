@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--organ-bodies", type=int, default=0,
                    help="BTCV/AMOS organ maps completed with a TotalSegmentator skeleton, added as bodies")
     p.add_argument("--real-repeats", type=int, default=8, help="times each real training scan is listed")
+    p.add_argument("--reverse", action="store_true", help="prepare the training cases in reverse order")
     p.add_argument("--finetune-from")
     p.add_argument("--networks", default="z,xy,seg")
     p.add_argument("--budget-min", type=float, default=60.0)
@@ -90,18 +91,24 @@ def main(argv=None) -> int:
     masks = {c: data / ("kits19" if c in k19 else "kits23") / c / "segmentation.nii.gz" for c in train_m + val_m}
 
     bodies = {b: data / "anatomy" / "totalsegmentator" / b / "labels.nii.gz" for b in BODIES_WITH_KIDNEYS + KIDNEY_FREE_BODIES}
-    real_train = REAL_FOLDS[args.fold]
-    if "totalseg_s0009" in real_train:  # its label map is a fourth body with kidneys
-        bodies["totalseg_s0009"] = data / "real_ct" / "totalseg_s0009" / "labels.nii.gz"
     organ_maps = sorted((data / "anatomy" / "btcv").glob("label*.nii.gz")) + sorted((data / "anatomy" / "amos").glob("*.nii.gz"))
     for i, path in enumerate(organ_maps[: args.organ_bodies]):
         donor = bodies[BODIES_WITH_KIDNEYS[i % len(BODIES_WITH_KIDNEYS)]]
         bodies[f"{path.parent.name}_{path.name.split('.')[0]}"] = (path.parent.name, path, donor)
-    with_kidneys = [b for b in bodies if b not in KIDNEY_FREE_BODIES]
-    train_pairs = [(with_kidneys[i % len(with_kidneys)], m) for i, m in enumerate(train_m)]
-    train_pairs += [(b, None) for b in with_kidneys]  # the bodies' own kidneys too
+    # the same (body, mask) pairs in every fold, so folds share their painted cases (and the cache)
+    shared = [b for b in bodies if b not in KIDNEY_FREE_BODIES]
+    train_pairs = [(shared[i % len(shared)], m) for i, m in enumerate(train_m)]
+    train_pairs += [(b, None) for b in shared]  # the bodies' own kidneys too
+    real_train = REAL_FOLDS[args.fold]
+    if "totalseg_s0009" in real_train:  # its label map is one more body with kidneys, in this fold only
+        bodies["totalseg_s0009"] = data / "real_ct" / "totalseg_s0009" / "labels.nii.gz"
+        train_pairs += [("totalseg_s0009", m) for m in train_m[:: max(1, len(train_m) // 8)]]
+        train_pairs += [("totalseg_s0009", None)]
     train_pairs += [(KIDNEY_FREE_BODIES[i % len(KIDNEY_FREE_BODIES)], f"neg{i}") for i in range(args.negatives)]
-    val_pairs = [(with_kidneys[(i + 1) % len(with_kidneys)], m) for i, m in enumerate(val_m)]
+    train_pairs.sort(key=lambda p: list(bodies).index(p[0]))  # one body's cases together: its cache stays warm
+    if args.reverse:  # a second fold run at the same time builds the shared cases from the other end
+        train_pairs.reverse()
+    val_pairs = [(shared[(i + 1) % len(shared)], m) for i, m in enumerate(val_m)]
     # kidney-free bodies have no kidneys to replace: the "mask" slot only varies the seed
     for i in range(args.negatives):
         masks[f"neg{i}"] = masks[train_m[i % len(train_m)]]

@@ -98,8 +98,9 @@ class RealBodySource(CaseSource):
         paint = self.paint_config or PaintConfig()
         seg_sp = tuple(cfg.segmenter.spacing_mm)
         paint = PaintConfig(**{**paint.__dict__, "spacing_mm": seg_sp})
-        kits = _kits_on_grid(self.masks[mask], seg_sp) if mask else None
-        ct, labels, _info = paint_body(self._body(body_name), kits, stable_seed(self.seed, case_id), paint)
+        body = self._body(body_name)
+        kits = _kits_on_grid(self.masks[mask], seg_sp) if mask and body.kidney_ids else None
+        ct, labels, _info = paint_body(body, kits, stable_seed(self.seed, case_id), paint)
         return CachedCase(
             case_id,
             grid_arrays(ct, labels, cfg.localiser_grid.spacing_mm, cfg.preprocess),
