@@ -95,6 +95,18 @@ def test_a_kits_mask_replaces_each_kidney_at_its_place_with_its_tumour():
     assert not (lab[body.labels.array == 29] > 0).any()  # never through the vertebra
 
 
+def test_a_single_kits_kidney_keeps_its_side_of_the_midline_it_was_drawn_beside():
+    body = toy_body()
+    k = np.zeros((30, 30, 30), np.uint8)
+    k[5:25, 8:22, 8:20] = 1  # one kidney, in a cropped mask (KiTS23 style): the crop's centre says nothing
+    kits = Volume(k, (2.0, 2.0, 2.0), (40.0, 0.0, 0.0), np.eye(3))  # x 40-98 mm
+    for midline, side_slice in ((0.0, slice(45, None)), (200.0, slice(0, 45))):
+        _, labels, _ = paint_body(body, kits, 4, PaintConfig(**STILL), kits_midline_x=midline)
+        lab = labels.array > 0
+        # left of the midline (larger x) -> placed at the body's left kidney, and vice versa
+        assert lab[:, :, side_slice].sum() == (k > 0).sum()
+
+
 def test_deformation_changes_the_body_but_keeps_kidneys_plausible():
     body = toy_body()
     _, a, _ = paint_body(body, None, 7, PaintConfig(deform=1.0, z_fov_mm=None, table_prob=0.0))

@@ -86,8 +86,12 @@ def warp_body(body: Body, rng: np.random.Generator, spacing_mm, strength: float 
 
 
 # --- kidneys from KiTS masks --------------------------------------------------------------------
-def _sides_of(mask: np.ndarray, grid_x: np.ndarray) -> dict[str, np.ndarray]:
-    """A KiTS mask's labels split into its right and left kidney (LPS: right has the smaller x)."""
+def _sides_of(mask: np.ndarray, grid_x: np.ndarray, midline_x: float | None = None) -> dict[str, np.ndarray]:
+    """A KiTS mask's labels split into its right and left kidney (LPS: right has the smaller x).
+
+    Two kidneys are split half-way between them; a single kidney goes to the side of the scan's
+    midline it lay on (``midline_x``; the mask grid's centre when unknown), so its hilum still faces
+    the spine after it is moved."""
     comp, n = ndi.label(mask > 0)
     if n == 0:
         return {}
@@ -96,26 +100,15 @@ def _sides_of(mask: np.ndarray, grid_x: np.ndarray) -> dict[str, np.ndarray]:
     xs = [float(grid_x[np.nonzero(comp == i + 1)[2]].mean()) for i in order[:2]]
     if len(xs) == 2 and abs(xs[0] - xs[1]) > 50:
         split = 0.5 * (xs[0] + xs[1])
-    else:
-        split = None
-    xcoord = grid_x[None, None, :]
-    out = {}
-    for side in ("right", "left"):
-        if split is None:
-            whole = mask.copy()
-            out_side = "right" if xs[0] < float(grid_x.mean()) else "left"
-            if side == out_side:
-                out[side] = whole
-            continue
-        sel = (xcoord < split) if side == "right" else (xcoord >= split)
-        part = np.where(sel, mask, 0).astype(np.uint8)
-        if part.any():
-            out[side] = part
-    return out
+        right = grid_x[None, None, :] < split
+        parts = {"right": np.where(right, mask, 0), "left": np.where(~right, mask, 0)}
+        return {k: v.astype(np.uint8) for k, v in parts.items() if v.any()}
+    mid = float(grid_x.mean()) if midline_x is None else float(midline_x)
+    return {"right" if xs[0] < mid else "left": mask.copy()}
 
 
 def place_kidneys(tissue_ids: np.ndarray, body_ids: np.ndarray, body: Body, grid: Grid, kits: Volume | None,
-                  rng: np.random.Generator) -> np.ndarray:
+                  rng: np.random.Generator, kits_midline_x: float | None = None) -> np.ndarray:
     """Labels 0/1/2 on the grid: each body kidney replaced by the same side of ``kits`` (moved so the
     centres coincide), or kept as the body's own kidney shape when ``kits`` is None or lacks it.
     The removed body kidney becomes perirenal fat; the inserted kidney overwrites soft organs."""
@@ -123,7 +116,7 @@ def place_kidneys(tissue_ids: np.ndarray, body_ids: np.ndarray, body: Body, grid
     kits_sides = {}
     if kits is not None:
         kx = kits.origin[0] + kits.spacing[0] * np.arange(kits.array.shape[2])
-        kits_sides = _sides_of(kits.array, kx)
+        kits_sides = _sides_of(kits.array, kx, kits_midline_x)
     for side, kid in body.kidney_ids.items():
         own = body_ids == kid
         if not own.any():
@@ -261,11 +254,12 @@ class PaintConfig:
     table_prob: float = 0.5
 
 
-def paint_body(body: Body, kits: Volume | None, seed: int, config: PaintConfig | None = None
-               ) -> tuple[Volume, Volume, dict]:
+def paint_body(body: Body, kits: Volume | None, seed: int, config: PaintConfig | None = None,
+               kits_midline_x: float | None = None) -> tuple[Volume, Volume, dict]:
     """A synthetic CT (float32 HU) and its 0/1/2 labels on one canonical grid, and what was drawn.
 
-    ``kits``: a KiTS mask on a canonical grid of the same spacing (None keeps the body's kidneys).
+    ``kits``: a KiTS mask on a canonical grid of the same spacing (None keeps the body's kidneys);
+    ``kits_midline_x``: the LPS x of the midline of the scan the mask was drawn on (see ``_sides_of``).
     """
     cfg = config or PaintConfig()
     r_warp, r_tis, r_kid, r_int, r_tex, r_scan = (
@@ -275,7 +269,7 @@ def paint_body(body: Body, kits: Volume | None, seed: int, config: PaintConfig |
     sp_zyx = tuple(cfg.spacing_mm[::-1])
     tissue, inside = body_tissues(ids, body, sp_zyx, r_tis)
     grid = Grid(*[ids_vol.origin[i] + cfg.spacing_mm[i] * np.arange(ids.shape[2 - i]) for i in range(3)])
-    labels = place_kidneys(tissue, ids, body, grid, kits, r_kid)
+    labels = place_kidneys(tissue, ids, body, grid, kits, r_kid, kits_midline_x)
     if cfg.table_prob and r_tis.random() < cfg.table_prob:
         rows = np.nonzero(inside.any(axis=(0, 2)))[0]
         if rows.size:

@@ -72,12 +72,13 @@ def real_body_phantom(body_path, mask_path, case_id: str, seed: int, grid_mm=DEF
     """(ct, truth) for one mask painted into a real body (``phantoms.realbody``) on a CT-like grid:
     the body's whole field of view, deformed as a training draw is (its own seed), its kidneys
     replaced by the mask's, in a contrast phase (the tumour targets are for contrast CT)."""
-    from ..phantoms.realbody import PaintConfig, paint_body, read_body
-    from .real_sources import _kits_on_grid
+    from ..phantoms.bodies import read_body
+    from ..phantoms.realbody import PaintConfig, paint_body
+    from .real_sources import kits_on_grid
 
-    kits = _kits_on_grid(Path(mask_path), grid_mm)
+    kits, midline = kits_on_grid(Path(mask_path), grid_mm)
     config = PaintConfig(spacing_mm=tuple(grid_mm), z_fov_mm=None, mode_weights=(1.0, 0.0, 0.0))  # contrast CT
-    ct, truth, _ = paint_body(read_body(body_path), kits, stable_seed(seed, "eval-body", case_id), config)
+    ct, truth, _ = paint_body(read_body(body_path), kits, stable_seed(seed, "eval-body", case_id), config, midline)
     return ct, truth
 
 

@@ -25,15 +25,28 @@ BODY_SEP = "@"
 REPEAT_SEP = "~r"
 
 
-def _kits_on_grid(path: Path, spacing_mm) -> object:
+def kits_on_grid(path: Path, spacing_mm) -> tuple[object, float]:
+    """A KiTS19/KiTS23 mask on a canonical grid (cysts as kidney), and the LPS x of the midline of
+    the scan it was drawn on: the full grid's centre (KiTS23 crops: from ``full_geometry.json``)."""
+    import json
+
     from ..io import read_volume
     from ..preprocess import to_canonical
 
     mask = read_volume(path)
-    mask = mask.with_array(np.asarray(mask.array).astype(np.uint8))
-    mask = mask.with_array(np.where(mask.array == 3, 1, mask.array).astype(np.uint8))  # KiTS23 cysts: kidney
+    mask = mask.with_array(np.where(np.asarray(mask.array) == 3, 1, mask.array).astype(np.uint8))
+    lo, hi = mask.physical_bounds()
+    midline = float(0.5 * (lo[0] + hi[0]))
+    geometry = Path(path).parent.parent / "full_geometry.json"
+    if geometry.exists():
+        full = json.loads(geometry.read_text()).get(Path(path).parent.name)
+        if full:
+            size = np.asarray(full["full_size_xyz"], float)
+            d = np.asarray(full["direction"], float).reshape(3, 3)
+            centre = np.asarray(full["full_origin"], float) + d @ (np.asarray(full["spacing"], float) * (size - 1) / 2)
+            midline = float(centre[0])
     canon = to_canonical(mask, spacing_mm, "nearest", 0)
-    return canon.with_array(np.asarray(canon.array).astype(np.uint8))
+    return canon.with_array(np.asarray(canon.array).astype(np.uint8)), midline
 
 
 class RealBodySource(CaseSource):
@@ -99,8 +112,8 @@ class RealBodySource(CaseSource):
         seg_sp = tuple(cfg.segmenter.spacing_mm)
         paint = PaintConfig(**{**paint.__dict__, "spacing_mm": seg_sp})
         body = self._body(body_name)
-        kits = _kits_on_grid(self.masks[mask], seg_sp) if mask and body.kidney_ids else None
-        ct, labels, _info = paint_body(body, kits, stable_seed(self.seed, case_id), paint)
+        kits, midline = kits_on_grid(self.masks[mask], seg_sp) if mask and body.kidney_ids else (None, None)
+        ct, labels, _info = paint_body(body, kits, stable_seed(self.seed, case_id), paint, midline)
         return CachedCase(
             case_id,
             grid_arrays(ct, labels, cfg.localiser_grid.spacing_mm, cfg.preprocess),
