@@ -4,7 +4,7 @@
         [--procedural N] [--config paper|bundled|compact|tiny] [--networks z,xy,seg] [--epochs N]
         [--steps-per-epoch N] [--batch-size N|z=32,xy=16,seg=2] [--device auto|cpu|cuda]
         [--workers N] [--resume] [--seed S] [--time-budget-min M] [--cache DIR] ...
-    kidney-tumor-seg evaluate --weights BUNDLE [--kits-masks DIR [--cases SPEC] | --procedural N]
+    kidney-tumor-seg evaluate [--weights BUNDLE] [--kits-masks DIR [--cases SPEC] | --procedural N]
         [--seed S] [--out report.json]
 
 Data-parallel: ``torchrun --nproc_per_node=G -m KidneyTumorSegLib train ...`` (one process per GPU).
@@ -147,10 +147,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--config", choices=CONFIGS, default="compact", help="network shapes and grids")
     t.add_argument("--networks", default="z,xy,seg", help="which networks to train (z, xy, seg)")
     t.add_argument("--epochs", type=int, default=1000, help="maximum epochs per network")
-    t.add_argument("--steps-per-epoch", type=int, default=250)
+    t.add_argument("--steps-per-epoch", type=int, default=250, help="training steps per epoch")
     t.add_argument("--batch-size", help="N for all networks, or z=32,xy=16,seg=2")
     t.add_argument("--val-samples", type=int, help="validation samples per network (default z 256, xy 128, seg 48)")
-    t.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    t.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="the paper's SGD, or AdamW")
     t.add_argument("--lr", type=float, help="initial learning rate (default 0.01 SGD, 0.001 AdamW)")
     t.add_argument("--momentum", type=float, default=0.99, help="SGD momentum (Nesterov)")
     t.add_argument("--no-augment", action="store_true", help="switch the augmentation off")
@@ -158,13 +158,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--time-budget-min", type=float, help="wall-clock budget for all networks together")
     t.add_argument("--init-weights", help="bundle supplying networks not trained in this run")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed of sampling and initial weights")
     e = p.add_argument_group("engine")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
     e.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: main process)")
     e.add_argument("--threads", type=int, help="torch CPU threads")
     e.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    e.add_argument("--progress", choices=("bar", "none"), default="bar")
+    e.add_argument("--progress", choices=("bar", "none"), default="bar", help="a progress bar on stderr, or none")
     p.set_defaults(func=run_train)
     return p
 
@@ -351,16 +351,16 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         help="Dice of a weights bundle on held-out phantoms (full pipeline)",
         description="Run the full pipeline on phantoms the networks never saw and report kidney and tumour Dice.",
     )
-    p.add_argument("--weights", required=True, help="weights bundle (.safetensors)")
+    p.add_argument("--weights", help="weights bundle (.safetensors) (default: the bundled weights)")
     p.add_argument("--kits-masks", help="KiTS-layout folder of label maps to build held-out phantoms from")
     p.add_argument("--cases", help="which masks (default: the masks the bundle's split never used)")
     p.add_argument("--limit", type=int, help="evaluate at most this many mask cases")
     p.add_argument("--procedural", type=int, default=0, help="add N procedural held-out phantoms")
     p.add_argument("--grid-mm", default="1.5,1.5,3.0", help="voxel spacing x,y,z of the phantom CTs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the phantoms")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", help="write the JSON report here (default: print it)")
-    p.add_argument("--progress", choices=("bar", "none"), default="bar")
+    p.add_argument("--progress", choices=("bar", "none"), default="bar", help="a progress bar on stderr, or none")
     p.set_defaults(func=run_evaluate)
     return p
 
