@@ -114,7 +114,7 @@ def write_summary(rows: list[dict], path: Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     with atomic_output(path, suffix=".csv") as tmp:
-        tmp.write_text(text.getvalue())
+        tmp.write_text(text.getvalue(), encoding="utf-8")  # DICOM descriptions need not be ASCII
 
 
 def _earlier_report(path: Path) -> dict | None:

@@ -6,6 +6,8 @@ a study can hold what scanners export beside the scan itself: localisers, reform
 
 from __future__ import annotations
 
+import contextlib
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,16 @@ PLANES = {
     "coronal": np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]),  # rows run inferior, slices anterior->posterior
     "sagittal": np.array([[0, 0, 1.0], [1, 0, 0], [0, -1, 0]]),
 }
+
+
+@contextlib.contextmanager
+def _locale_kept():
+    """GDCM's writer switches the process's locale to "C" (ASCII text files afterwards): undo it."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def write_series(folder: Path, array: np.ndarray, uid: str, number: int, description: str,
@@ -37,6 +49,14 @@ def write_series(folder: Path, array: np.ndarray, uid: str, number: int, descrip
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     iop = "\\".join(f"{v:g}" for v in (*direction[:, 0], *direction[:, 1]))
+    with _locale_kept():
+        _write_slices(folder, image, writer, iop, uid, number, description, spacing, image_type, modality,
+                      body_part, prefix)
+    return Volume(np.asarray(array), spacing, origin, direction)
+
+
+def _write_slices(folder, image, writer, iop, uid, number, description, spacing, image_type, modality, body_part,
+                  prefix):
     for k in range(image.GetDepth()):
         piece = image[:, :, k : k + 1]
         ipp = piece.GetOrigin()
@@ -51,7 +71,6 @@ def write_series(folder: Path, array: np.ndarray, uid: str, number: int, descrip
             piece.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"{prefix}{k + 1:04d}.dcm"))
         writer.Execute(piece)
-    return Volume(np.asarray(array), spacing, origin, direction)
 
 
 def body(shape=(24, 64, 72), offset: float = 0.0) -> np.ndarray:

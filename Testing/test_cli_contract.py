@@ -120,3 +120,23 @@ def test_evaluate_defaults_to_the_bundled_weights():
     args = build_parser().parse_args(["evaluate", "--procedural", "1"])
     assert args.weights is None  # load_bundle(None) is the bundled weights
     assert "default: the bundled weights" in " ".join(_commands()["evaluate"].format_help().split())
+
+
+def test_the_readme_documents_batch_series_and_install_with_options_that_exist():
+    import re
+
+    from .conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for needle in ("kidney-tumor-seg batch", "--series", "--list-series", "--skip-existing", "summary.csv",
+                   "pip wheel", "--index-url https://download.pytorch.org/whl/cpu", "demo_truth.nii.gz",
+                   "| 8 |", "SLURM_ARRAY_TASK_ID"):
+        assert needle in readme, needle
+    commands = _commands()
+    for line in readme.splitlines():
+        m = re.search(r"kidney-tumor-seg (segment|batch|evaluate|train|demo)\b(.*)", line)
+        if not m:
+            continue
+        known = {s for a in commands[m.group(1)]._actions for s in a.option_strings}
+        for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", m.group(2)):
+            assert option in known, f"README: {m.group(1)} has no {option}: {line.strip()}"
