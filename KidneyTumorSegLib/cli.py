@@ -7,8 +7,10 @@ half-written.
 Exit codes: 0 done (also when no kidney is in view: the result is then empty and says so),
 1 unexpected internal error, 2 unusable input or arguments, 3 weights missing or damaged,
 4 device unavailable, 5 not a CT in Hounsfield units (``--allow-non-ct`` overrides), 6 not enough
-memory, 7 a file could not be read or written, 130 cancelled (Ctrl-C, or SIGTERM from Slicer's Cancel). With ``--progress json`` stdout carries one JSON object per line (the protocol the
-Slicer module reads): ``progress``, ``warning``, then ``done`` or ``error``.
+memory, 7 a file could not be read or written, 8 (``batch`` only) at least one case failed, 130
+cancelled (Ctrl-C, or SIGTERM from Slicer's Cancel). With ``--progress json`` stdout carries one
+JSON object per line (the protocol the Slicer module reads): ``progress``, ``warning``, then
+``done`` or ``error``; ``--list-series`` sends one ``series`` object.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ def _positive_threads(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1 or str(value) != text.strip().lstrip("+"):
+    if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
     return value
 
@@ -335,6 +337,8 @@ def run_segment(args) -> int:
         return run_list_series(args)
     if not args.output:
         raise InputError("Give the segmentation file to write with -o OUT.seg.nrrd.")
+    if getattr(args, "series", None) and Path(args.input).is_file():
+        raise InputError(f"--series chooses a series of a DICOM folder, and {args.input} is a file.")
     reporter = Reporter(args.progress)
     with _command_line_run(reporter):
         _check_outputs(args, Path(args.input))

@@ -151,3 +151,16 @@ def test_a_series_spread_over_subfolders_is_read_as_one_in_slice_order(tmp_path)
     assert series.slices == 24
     volume = read_volume(tmp_path / "study")
     assert np.array_equal(volume.array[:, 0, 0], np.arange(24) * 10 - 1000)
+
+
+
+def test_series_for_a_file_input_is_refused(tmp_path, weights, capsys):
+    from KidneyTumorSegLib.io import write_volume
+    from KidneyTumorSegLib.volume import Volume
+
+    scan = write_volume(Volume(body((16, 40, 44)), (3.0, 3.0, 6.0)), tmp_path / "ct.nii.gz")
+    code = main(["segment", str(scan), "-o", str(tmp_path / "s.seg.nrrd"), "--series", "2", "--weights",
+                 str(weights), "--device", "cpu", "--progress", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"Error: --series chooses a series of a DICOM folder, and {scan} is a file."]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
