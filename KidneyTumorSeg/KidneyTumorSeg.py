@@ -665,7 +665,7 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         for row in rows:
             side = row["Side"].lower()
             kidneyMl = masks.get(f"kidney_{side}", np.zeros(1, bool)).sum() * voxelMl
-            self.assertAlmostEqual(row["Kidney volume (mL)"], kidneyMl, delta=0.01)
+            self.assertAlmostEqual(row["Kidney (without tumor) volume (mL)"], kidneyMl, delta=0.01)
         self.delayDisplay("Phantom test passed")
 
     def test_KidneyTumorSeg_background(self):

@@ -7,8 +7,10 @@ half-written.
 Exit codes: 0 done (also when no kidney is in view: the result is then empty and says so),
 1 unexpected internal error, 2 unusable input or arguments, 3 weights missing or damaged,
 4 device unavailable, 5 not a CT in Hounsfield units (``--allow-non-ct`` overrides), 6 not enough
-memory, 7 a file could not be read or written, 130 cancelled (Ctrl-C, or SIGTERM from Slicer's Cancel). With ``--progress json`` stdout carries one JSON object per line (the protocol the
-Slicer module reads): ``progress``, ``warning``, then ``done`` or ``error``.
+memory, 7 a file could not be read or written, 8 (``batch`` only) at least one case failed, 130
+cancelled (Ctrl-C, or SIGTERM from Slicer's Cancel). With ``--progress json`` stdout carries one
+JSON object per line (the protocol the Slicer module reads): ``progress``, ``warning``, then
+``done`` or ``error``; ``--list-series`` sends one ``series`` object.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from . import __version__
 from .errors import Cancelled, KidneyTumorSegError
 
 log = logging.getLogger("KidneyTumorSeg")
+CANCELLED = "Cancelled; no output was written."
 
 
 class Reporter:
@@ -68,9 +71,11 @@ class _JsonWarnings(logging.Handler):
         self.reporter = reporter
 
     def emit(self, record):
+        from .pipeline import NO_KIDNEY
+
         if self.reporter.style == "json":
             self.reporter.emit("warning", message=record.getMessage())
-        else:
+        elif record.getMessage() != NO_KIDNEY:  # the summary says it, once
             print(f"Warning: {record.getMessage()}", file=sys.stderr, flush=True)
 
 
@@ -98,7 +103,8 @@ def _check_outputs(args, input_path: Path) -> None:
     """Refuse, before any work, outputs that would overwrite the input (or the weights, or each other),
     that are folders or devices, that have the wrong suffix, or that land in a folder that cannot be written.
     """
-    from .errors import InputError
+    from .errors import FileWriteError, InputError
+    from .snapshot import snapshot_format
 
     if not input_path.exists():
         if input_path.is_symlink():
@@ -125,14 +131,18 @@ def _check_outputs(args, input_path: Path) -> None:
         if out.exists() and not out.is_file():
             raise InputError(f"The output {out} exists and is not a regular file; choose another path.")
         parent = _nearest_existing_parent(out)
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise InputError(f"The output {out} cannot be written: the folder {parent} is not writable.")
+        if not parent.is_dir():
+            raise FileWriteError(f"The output {out} cannot be written: {parent} is a file, not a folder.")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise FileWriteError(f"The output {out} cannot be written: the folder {parent} is not writable.")
     if not str(args.output).endswith(".seg.nrrd"):
         raise InputError(f"The segmentation output {args.output} must end in .seg.nrrd.")
     if args.labelmap and not str(args.labelmap).lower().endswith(LABELMAP_SUFFIXES):
         raise InputError(
             f"The label map output {args.labelmap} must end in one of {', '.join(LABELMAP_SUFFIXES)}."
         )
+    if args.snapshot:
+        snapshot_format(args.snapshot)
 
 
 def _format_suffix(path: Path) -> str:
@@ -209,31 +219,60 @@ def _terminate_as_interrupt(signum, frame):  # Slicer's Cancel sends SIGTERM: cl
     raise KeyboardInterrupt
 
 
-def run_segment(args) -> int:
+def _positive_threads(text: str) -> int:
+    """``--threads``: a whole number of at least 1 (0 or -3 would silently mean torch's default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def load_pipeline(args):
+    """The networks, loaded once for however many scans follow."""
+    from .pipeline import Pipeline
+
+    return Pipeline.from_weights(args.weights, device=args.device, allow_non_ct=args.allow_non_ct,
+                                 mirror_x=False if getattr(args, "no_mirror", False) else None)
+
+
+def _series_warning(input_path: Path, choice) -> str | None:
+    """The sentence that names the series a folder's scan came from, when it held more than one."""
+    if choice is None or choice.explicit or len(choice.all) < 2:
+        return None
+    s = choice.series
+    return (f"The folder {input_path} holds {len(choice.all)} image series; segmenting {s.name} ({s.slices} slices, "
+            f"UID {s.uid}) because {choice.reason}; --series NUMBER|UID picks another, --list-series lists them.")
+
+
+def segment_scan(args, pipeline, reporter: Reporter) -> tuple[dict, dict[str, str], bool]:
+    """One scan, start to finish: header and memory checks, read, segment, write every output.
+
+    Returns the report, the outputs written and whether the result is empty. The outputs appear
+    all together or not at all; a failure leaves whatever the targets held before.
+    """
     from .io import quiet_native_stderr, read_image_information, read_volume
     from .memory import check_run_fits
-    from .pipeline import NO_KIDNEY, Pipeline
-    from .report import summary_text, write_report
+    from .report import write_report
 
-    reporter = Reporter(args.progress)
-    handler = _JsonWarnings(reporter)
-    log.addHandler(handler)
-    log.propagate = False
     staged = _StagedOutputs()
-    previous_sigterm = None
-    with contextlib.suppress(ValueError, OSError):  # only possible in the main thread
-        previous_sigterm = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         input_path = Path(args.input)
         _check_outputs(args, input_path)
-        if getattr(args, "threads", None):
-            import torch
-
-            torch.set_num_threads(max(1, args.threads))
-        pipeline = Pipeline.from_weights(args.weights, device=args.device, allow_non_ct=args.allow_non_ct,
-                                         mirror_x=False if getattr(args, "no_mirror", False) else None)
         with quiet_native_stderr():
-            info = read_image_information(input_path)
+            info = read_image_information(input_path, getattr(args, "series", None))
+        series_warning = _series_warning(input_path, info.series)
+        if series_warning:
+            log.warning(series_warning)
         # [issue 6] refuse up front, before reading a voxel, a run that cannot fit in memory
         estimate = check_run_fits(info.size[:3], info.spacing[:3], info.bytes_per_voxel, pipeline.config,
                                   input_path, keep_image=bool(args.snapshot))
@@ -250,6 +289,10 @@ def run_segment(args) -> int:
             "shape_zyx": list(volume.array.shape),
             "spacing_xyz": list(volume.spacing),
         }
+        if info.series is not None:
+            report["input"]["series"] = info.series.as_dict()
+        if series_warning:
+            report["warnings"].insert(0, series_warning)
         report["memory_estimate_gb"] = round(estimate.gb, 2)
         if not args.snapshot:  # [issue 6] only the picture needs the scan's voxels: free them now
             volume = _geometry_only(volume)
@@ -263,18 +306,73 @@ def run_segment(args) -> int:
             write_report(report, staged.path(args.report))
             outputs["report"] = str(args.report)
         staged.commit()
-        reporter.emit("done", report=report, outputs=outputs)
-        reporter.info(summary_text(report))
-        if result.empty:
-            reporter.info(f"{NO_KIDNEY} The segmentation file holds no segment.")
-        reporter.info("Wrote " + ", ".join(outputs.values()))
-        return 0
+        return report, outputs, result.empty
     finally:
         staged.discard()
+
+
+@contextlib.contextmanager
+def _command_line_run(reporter: Reporter):
+    """Warnings through the reporter, and Slicer's SIGTERM handled like Ctrl-C, for one command."""
+    handler = _JsonWarnings(reporter)
+    log.addHandler(handler)
+    log.propagate = False
+    previous_sigterm = None
+    with contextlib.suppress(ValueError, OSError):  # only possible in the main thread
+        previous_sigterm = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        yield
+    finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
         log.removeHandler(handler)
         log.propagate = True
+
+
+def run_segment(args) -> int:
+    from .errors import InputError
+    from .report import summary_text
+
+    if getattr(args, "list_series", False):
+        return run_list_series(args)
+    if not args.output:
+        raise InputError("Give the segmentation file to write with -o OUT.seg.nrrd.")
+    if getattr(args, "series", None) and Path(args.input).is_file():
+        raise InputError(f"--series chooses a series of a DICOM folder, and {args.input} is a file.")
+    reporter = Reporter(args.progress)
+    with _command_line_run(reporter):
+        _check_outputs(args, Path(args.input))
+        _set_threads(getattr(args, "threads", None))
+        pipeline = load_pipeline(args)
+        report, outputs, _ = segment_scan(args, pipeline, reporter)
+        reporter.emit("done", report=report, outputs=outputs)
+        reporter.info(summary_text(report))
+        reporter.info("Wrote " + ", ".join(outputs.values()))
+        return 0
+
+
+def run_list_series(args) -> int:
+    """``segment FOLDER --list-series``: what a DICOM folder holds, and which series would be used."""
+    from .dicom import choose_series
+    from .errors import InputError
+    from .io import quiet_native_stderr
+
+    folder = Path(args.input)
+    if not folder.exists():
+        raise InputError(f"The input {folder} does not exist.")
+    if not folder.is_dir():
+        raise InputError(f"The input {folder} is a file; --list-series lists the series of a DICOM folder.")
+    with quiet_native_stderr():
+        choice = choose_series(folder, getattr(args, "series", None))
+    reporter = Reporter(args.progress)
+    if reporter.style == "json":
+        reporter.emit("series", series=[s.as_dict() for s in choice.all], chosen=choice.series.uid,
+                      reason=choice.reason)
+        return 0
+    from .dicom import format_series_table
+
+    print(format_series_table(choice, folder))
+    return 0
 
 
 def _write_outputs(args, volume, result, staged: _StagedOutputs) -> dict[str, str]:
@@ -319,6 +417,8 @@ def run_demo(args) -> int:
         weights=args.weights,
         progress="bar",
         allow_non_ct=False,
+        threads=None,
+        series=None,
     )
     code = run_segment(seg_args)
     if code == 0:
@@ -341,38 +441,87 @@ def run_export(args) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """``-h`` shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, False, [], argparse.SUPPRESS)
+                or "default" in text.lower()):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+EXIT_CODES = ("exit codes: 0 done (also when no kidney is found), 1 internal error, 2 unusable input or arguments, "
+              "3 weights, 4 device, 5 not a CT in HU, 6 not enough memory, 7 file error, 130 cancelled")
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    """The options segment and batch share: how the networks run."""
+    p.add_argument("--series", metavar="UID|N",
+                   help="for a DICOM folder: the series to segment, by Series Instance UID or series number "
+                   "(default: an axial original CT, the one --list-series stars)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--threads", type=_positive_threads, metavar="N",
+                   help="CPU threads for the networks, 1 or more (default: torch's; 1 is faster on a busy machine)")
+    p.add_argument("--weights", help="weights bundle (.safetensors) (default: the bundled weights)")
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                   help="progress on stderr as a bar, as JSON lines on stdout (the Slicer module's protocol), "
+                   "or none")
+    p.add_argument("--allow-non-ct", action="store_true", help="run even if the image does not look like HU CT")
+    p.add_argument("--no-mirror", action="store_true",
+                   help="skip test-time mirroring: one segmenter pass per window instead of two (faster, less accurate)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .batch import BATCH_FAILED, run_batch
+    from .snapshot import SNAPSHOT_FORMATS
+
     parser = argparse.ArgumentParser(
         prog="kidney-tumor-seg",
         description="Kidney and kidney-tumour segmentation in contrast-enhanced abdominal CT.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    seg = sub.add_parser(
-        "segment", help="segment a CT volume file or DICOM folder",
-        epilog="exit codes: 0 done (also when no kidney is found), 1 internal error, 2 unusable input or "
-        "arguments, 3 weights, 4 device, 5 not a CT in HU, 6 not enough memory, 7 file error, 130 cancelled",
-    )
-    seg.add_argument("input", help="CT volume (NIfTI, NRRD, MHA, ...) or a DICOM folder")
-    seg.add_argument("-o", "--output", required=True, help="Slicer segmentation file to write (.seg.nrrd)")
+    seg = sub.add_parser("segment", help="segment a CT volume file or DICOM folder", epilog=EXIT_CODES)
+    seg.add_argument("input", help="CT volume (NIfTI, NRRD, MHA, ...) or a DICOM folder (subfolders are searched)")
+    seg.add_argument("-o", "--output", help="Slicer segmentation file to write (.seg.nrrd); required unless "
+                     "--list-series")
     seg.add_argument("--labelmap", help="also write a label map (0 background, 1 kidney, 2 tumour)")
-    seg.add_argument("--report", help="also write a JSON report (volumes, diameters, timings)")
-    seg.add_argument("--snapshot", help="also write a PNG with axial and coronal views")
-    seg.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    seg.add_argument("--threads", type=int, help="CPU threads for the networks (default: torch's; 1 is faster on a busy machine)")
-    seg.add_argument("--weights", help="weights bundle (.safetensors); default: the bundled weights")
-    seg.add_argument("--progress", choices=("bar", "json", "none"), default="bar")
-    seg.add_argument("--allow-non-ct", action="store_true", help="run even if the image does not look like HU CT")
-    seg.add_argument("--no-mirror", action="store_true",
-                     help="skip test-time mirroring: one segmenter pass per window instead of two (faster, less accurate)")
+    seg.add_argument("--report", help="also write a JSON report (volumes, diameters, series, timings)")
+    seg.add_argument("--snapshot", help="also write a picture with axial and coronal views, in the format its "
+                     f"suffix names ({', '.join(SNAPSHOT_FORMATS)})")
+    seg.add_argument("--list-series", action="store_true",
+                     help="list the image series of a DICOM folder (slices, spacing, description) and exit")
+    _add_engine_options(seg)
     seg.set_defaults(func=run_segment)
+
+    batch = sub.add_parser(
+        "batch", help="segment many scans: files, DICOM folders or a KiTS-layout folder",
+        description="Segment every case the inputs name, loading the networks once: one subfolder per case in "
+        "--out-dir (segmentation, label map, report) and summary.csv (case, status, volumes per side, tumour "
+        "diameter, seconds). A case that fails is recorded and the batch goes on.",
+        epilog=f"exit codes: 0 every case done, {BATCH_FAILED} finished but at least one case failed (see "
+        "summary.csv), 2 unusable arguments, 3 weights, 4 device, 130 cancelled (the summary lists the cases "
+        "done so far)",
+    )
+    batch.add_argument("inputs", nargs="+", metavar="INPUT",
+                       help="a volume file, a DICOM folder, a KiTS case folder (imaging.nii.gz) or a KiTS data "
+                       "folder (case_*/imaging.nii.gz)")
+    batch.add_argument("--out-dir", required=True, help="folder for the results: one subfolder per case")
+    batch.add_argument("--skip-existing", action="store_true",
+                       help="leave cases whose report is already in --out-dir as they are (resume a batch)")
+    batch.add_argument("--snapshot", action="store_true", help="also write a PNG picture per case")
+    _add_engine_options(batch)
+    batch.set_defaults(func=run_batch)
 
     demo = sub.add_parser("demo", help="segment a synthetic CT with the bundled weights and show the result")
     demo.add_argument("--out", default="kidney-tumor-seg-demo", help="output folder")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--device", default="auto")
-    demo.add_argument("--weights", help="weights bundle; default: the bundled weights")
+    demo.add_argument("--seed", type=int, default=7, help="random seed of the synthetic CT")
+    demo.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    demo.add_argument("--weights", help="weights bundle (default: the bundled weights)")
     demo.set_defaults(func=run_demo)
 
     exp = sub.add_parser(
@@ -398,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         for name in names:
             getattr(mod, name)(sub)
+    for command in sub.choices.values():
+        command.formatter_class = _HelpFormatter
     return parser
 
 
@@ -412,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        return _fail(Cancelled("Cancelled by the user; no output was written."), style)
+        return _fail(Cancelled(CANCELLED), style)
     except KidneyTumorSegError as err:
         return _fail(err, style)
     except MemoryError:
@@ -458,7 +609,10 @@ def _say_error(err: Exception, style: str) -> None:
     if style == "json":
         print(json.dumps({"event": "error", "message": str(err), "exit_code": getattr(err, "exit_code", 1)}),
               flush=True)
-    print(f"Error: {err}", file=sys.stderr, flush=True)
+    if isinstance(err, Cancelled):  # the user asked for it: no error, just what happened
+        print(str(err), file=sys.stderr, flush=True)
+    else:
+        print(f"Error: {err}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,6 +37,12 @@ class NotEnoughMemoryError(InputError):
     exit_code = 6
 
 
+class FileWriteError(KidneyTumorSegError):
+    """An output cannot be written where it was asked for (a parent that is a file, no permission)."""
+
+    exit_code = 7
+
+
 class Cancelled(KidneyTumorSegError):
     """The run was cancelled by the user; nothing was written."""
 

@@ -43,6 +43,7 @@ class ImageInfo:
     bytes_per_voxel: int
     image_io: str = ""
     files: tuple[str, ...] = ()  # the DICOM series' files, for a folder
+    series: object = None  # for a folder, the dicom.Choice: which series, why, and what else it holds
 
     @property
     def voxels(self) -> int:
@@ -122,32 +123,25 @@ def _check_path(path: Path) -> None:
         raise InputError(f"The file {path} cannot be read (permission denied).")
 
 
-def _dicom_series_files(folder: Path) -> list[str]:
+def read_image_information(path: str | os.PathLike, series: str | None = None) -> ImageInfo:
+    """The header of ``path`` (file or DICOM folder), without reading voxels; clear errors.
+
+    For a folder, the series is the one :func:`dicom.choose_series` picks (or ``series``, a Series
+    Instance UID or a series number); ``info.series`` says which and why.
+    """
     import SimpleITK as sitk
 
-    reader = sitk.ImageSeriesReader()
-    try:
-        series = reader.GetGDCMSeriesIDs(str(folder))
-    except RuntimeError:
-        series = ()
-    if not series:
-        raise InputError(f"The folder {folder} holds no DICOM image series.")
-    # The largest series is the one a user means (scouts and dose reports are small).
-    best = max(series, key=lambda s: len(reader.GetGDCMSeriesFileNames(str(folder), s)))
-    return list(reader.GetGDCMSeriesFileNames(str(folder), best))
-
-
-def read_image_information(path: str | os.PathLike) -> ImageInfo:
-    """The header of ``path`` (file or DICOM folder), without reading voxels; clear errors."""
-    import SimpleITK as sitk
+    from .dicom import choose_series
 
     path = Path(path)
     _check_path(path)
     files: tuple[str, ...] = ()
+    choice = None
     reader = sitk.ImageFileReader()
     try:
         if path.is_dir():
-            files = tuple(_dicom_series_files(path))
+            choice = choose_series(path, series)
+            files = choice.series.files
             reader.SetFileName(files[0])
         else:
             check_metaimage_header(path)
@@ -174,7 +168,7 @@ def read_image_information(path: str | os.PathLike) -> ImageInfo:
             "a CT needs real-valued (integer or floating-point) voxels."
         )
     return ImageInfo(size, spacing, len(size), components, pixel_id,
-                     sitk.GetPixelIDValueAsString(pixel_id), per * max(1, components), image_io, files)
+                     sitk.GetPixelIDValueAsString(pixel_id), per * max(1, components), image_io, files, choice)
 
 
 def read_image(path: str | os.PathLike, info: ImageInfo | None = None):
@@ -218,18 +212,19 @@ def _count_non_finite(array: np.ndarray, slab: int = 8) -> int:
     return bad
 
 
-def read_volume(path: str | os.PathLike, info: ImageInfo | None = None) -> Volume:
+def read_volume(path: str | os.PathLike, info: ImageInfo | None = None, series: str | None = None) -> Volume:
     """Read a 3D scalar volume; 2D, 4D, vector, non-finite or too large images are refused clearly.
 
     ``info``: the header already read by :func:`read_image_information`, so that a caller that
     looked at it first (the CLI's memory check) does not read it, or scan a DICOM folder, twice.
+    ``series``: for a DICOM folder, the Series Instance UID or series number to read.
     """
     import SimpleITK as sitk
 
     from .memory import NotEnoughMemoryError, check_image_fits
 
     path = Path(path)
-    info = info or read_image_information(path)
+    info = info or read_image_information(path, series)
     size = list(info.size)
     while len(size) > 3 and size[-1] == 1:  # a 4D file holding one volume
         size.pop()

@@ -36,7 +36,10 @@ def largest_diameter_mm(mask: np.ndarray, grid: Volume) -> float:
 
 
 def side_measurements(structures: dict[str, np.ndarray], grid: Volume) -> dict[str, dict]:
-    """Per side: kidney tissue (without tumour), tumour and whole-organ volumes (mL), tumour diameter."""
+    """Per side: kidney without tumour, kidney with tumour and tumour volumes (mL), tumour diameter.
+
+    The keys say which kidney volume they are, so that no reader takes one for the other.
+    """
     out: dict[str, dict] = {}
     voxel_ml = grid.voxel_volume_ml
     for side in ("right", "left"):
@@ -48,7 +51,7 @@ def side_measurements(structures: dict[str, np.ndarray], grid: Volume) -> dict[s
         t = int(tumour.sum()) if tumour is not None else 0
         n_tumours = int(ndimage.label(tumour)[1]) if tumour is not None else 0
         out[side] = {
-            "kidney_ml": round(k * voxel_ml, 2),
+            "kidney_without_tumour_ml": round(k * voxel_ml, 2),
             "kidney_with_tumour_ml": round((k + t) * voxel_ml, 2),
             "tumour_ml": round(t * voxel_ml, 2),
             "tumour_diameter_mm": round(largest_diameter_mm(tumour, grid), 1) if t else 0.0,

@@ -91,21 +91,34 @@ def _address_space_available() -> int | None:
         return None
 
 
+def _user_cap() -> int | None:
+    cap = os.environ.get(MEMORY_LIMIT_ENV)
+    if cap:
+        try:
+            return parse_size(cap)
+        except ValueError:
+            pass
+    return None
+
+
 def available_bytes() -> int | None:
     """Memory this process may still use, in bytes (None when the system does not say).
 
     The smallest of: the kernel's ``MemAvailable``, room under a cgroup limit, room under the
     address-space limit, and the user's own cap in ``KIDNEY_TUMOR_SEG_MEMORY_LIMIT`` (e.g. ``8G``).
     """
-    candidates = [_meminfo_available(), _cgroup_available(), _address_space_available()]
-    cap = os.environ.get(MEMORY_LIMIT_ENV)
-    if cap:
-        try:
-            candidates.append(parse_size(cap))
-        except ValueError:
-            pass
+    candidates = [_meminfo_available(), _cgroup_available(), _address_space_available(), _user_cap()]
     known = [c for c in candidates if c is not None]
     return min(known) if known else None
+
+
+def _shortfall(have: int) -> str:
+    """Why only ``have`` bytes are there, and what to do: the user's own cap, or the computer."""
+    cap = _user_cap()
+    if cap is not None and cap <= have:
+        return (f"but {MEMORY_LIMIT_ENV}={os.environ.get(MEMORY_LIMIT_ENV)} limits this program to "
+                f"{_fmt_gb(cap)}; raise or unset that limit")
+    return f"but this computer has {_fmt_gb(have)} available; close other programs or use a computer with more memory"
 
 
 # --- what a run needs ------------------------------------------------------------------------------
@@ -180,7 +193,7 @@ def check_image_fits(size_xyz, bytes_per_voxel: int, source) -> None:
     have = available_bytes()
     if n > 2**40 or (have is not None and need > have):
         shown = " x ".join(str(int(s)) for s in size_xyz)
-        where = f", but this computer has {_fmt_gb(have)} available" if have is not None else ""
+        where = f", {_shortfall(have)}" if have is not None else ""
         raise NotEnoughMemoryError(
             f"The image {source} declares {shown} voxels, and reading it needs about {_fmt_gb(need)} of "
             f"memory{where}."
@@ -195,8 +208,7 @@ def check_run_fits(size_xyz, spacing_xyz, bytes_per_voxel: int, config, source, 
     if have is not None and est.total > have:
         shown = " x ".join(str(int(s)) for s in size_xyz)
         raise NotEnoughMemoryError(
-            f"Segmenting {source} ({shown} voxels) needs about {_fmt_gb(est.total)} of memory, but this "
-            f"computer has {_fmt_gb(have)} available; close other programs or use a computer with more memory."
+            f"Segmenting {source} ({shown} voxels) needs about {_fmt_gb(est.total)} of memory, {_shortfall(have)}."
         )
     return est
 

@@ -17,25 +17,31 @@ def write_report(report: dict, path: str | os.PathLike) -> Path:
 
 
 def summary_text(report: dict) -> str:
-    """A few lines a surgeon can read: per side kidney and tumour volume, tumour diameter."""
+    """A few lines a surgeon can read: per side the kidney with and without tumour, the tumour's
+    volume and largest diameter. "Kidney with tumour" and "kidney without tumour" are the only two
+    kidney volumes, named the same in the JSON keys, here and in Slicer's table."""
+    from .pipeline import NO_KIDNEY
+
     lines = []
     sides = report.get("sides", {})
     if not sides:
-        lines.append("No kidney found.")
+        lines.append(NO_KIDNEY)
     for side in ("right", "left"):
         s = sides.get(side)
         if not s:
             continue
-        line = f"{side.capitalize()} kidney: {s['kidney_with_tumour_ml']:.1f} mL"
         if s.get("tumour_ml", 0) > 0:
             n = s.get("tumour_count", 1)
             what = "tumour" if n == 1 else f"{n} tumours"
-            line += f"; {what}: {s['tumour_ml']:.1f} mL, largest diameter {s['tumour_diameter_mm']:.0f} mm"
+            lines.append(
+                f"{side.capitalize()} kidney with tumour {s['kidney_with_tumour_ml']:.1f} mL = kidney without "
+                f"tumour {s['kidney_without_tumour_ml']:.1f} mL + {what} {s['tumour_ml']:.1f} mL "
+                f"(largest diameter {s['tumour_diameter_mm']:.0f} mm)"
+            )
         else:
-            line += "; no tumour"
-        lines.append(line)
+            lines.append(f"{side.capitalize()} kidney {s['kidney_with_tumour_ml']:.1f} mL, no tumour")
     for w in report.get("warnings", []):
-        if not (w.startswith("No kidney") and not sides):
+        if w != NO_KIDNEY:
             lines.append(f"Warning: {w}")
     t = report.get("timings_s", {})
     if t:

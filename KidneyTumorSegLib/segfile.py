@@ -215,7 +215,8 @@ def write_seg_nrrd(
     with atomic_output(path, suffix=".seg.nrrd") as tmp:
         with open(tmp, "wb") as f:
             f.write(("\n".join(header) + "\n\n").encode("utf-8"))
-            with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=compresslevel, mtime=0) as gz:
+            # No file name and no time in the gzip header: the same result gives the same bytes.
+            with gzip.GzipFile(filename="", fileobj=f, mode="wb", compresslevel=compresslevel, mtime=0) as gz:
                 gz.write(np.ascontiguousarray(data).tobytes())
     return path
 

@@ -38,18 +38,36 @@ class Bundle:
     path: Path | None = None
 
 
+def bundled_models_dir() -> Path | None:
+    """The folder of the bundled weights and their model card, the same lookup for every install.
+
+    A wheel (``pip install .``, a built wheel) carries ``Resources/Models`` as
+    ``KidneyTumorSegLib/models``; a source checkout and the Slicer extension keep it beside the
+    library as ``Resources/Models``.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "models", here.parent / "Resources" / "Models"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 def bundled_weights_path() -> Path | None:
-    """The weights shipped in ``Resources/Models`` (source checkout or installed extension)."""
+    """The bundled weights (``KIDNEY_TUMOR_SEG_WEIGHTS`` overrides), or None if this install has none."""
     env = os.environ.get("KIDNEY_TUMOR_SEG_WEIGHTS")
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent
-    for candidate in (
-        here.parent / "Resources" / "Models" / BUNDLED_NAME,  # source checkout, Slicer extension
-        here / "models" / BUNDLED_NAME,  # wheel-installed copy
-    ):
-        if candidate.exists():
-            return candidate
+    folder = bundled_models_dir()
+    if folder is not None and (folder / BUNDLED_NAME).exists():
+        return folder / BUNDLED_NAME
+    return None
+
+
+def model_card_path() -> Path | None:
+    """The model card of the bundled weights: what they were trained on and how well they do."""
+    folder = bundled_models_dir()
+    if folder is not None and (folder / "MODEL_CARD.md").exists():
+        return folder / "MODEL_CARD.md"
     return None
 
 

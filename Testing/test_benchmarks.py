@@ -126,7 +126,8 @@ def test_harness_runs_end_to_end_and_writes_table_and_json(tmp_path):
     if HAS_DNA:
         ref = geom["reference"]
         assert ref["windows"] >= 1 and ref["timed_windows"] == 1 and ref["peak_rss_bytes"] > 10e6
-        assert geom["ratio"] == pytest.approx(ref["total_s"] / engine["total_s"], rel=0.01)
+        # the ratio is stored to two decimals: allow that rounding, whatever the ratio's size
+        assert geom["ratio"] == pytest.approx(ref["total_s"] / engine["total_s"], rel=0.01, abs=0.005)
 
     md = (out / "test.md").read_text()
     assert md.startswith("# KidneyTumorSeg benchmark (cpu)")

@@ -52,7 +52,7 @@ def test_segment_writes_every_output_and_speaks_json(case):
     assert labels.same_grid(ct) and set(np.unique(labels.array)) == {1}
     report = json.loads((out / "report.json").read_text())
     assert report == events[-1]["report"]
-    assert sum(s["kidney_ml"] for s in report["sides"].values()) == pytest.approx(
+    assert sum(s["kidney_without_tumour_ml"] for s in report["sides"].values()) == pytest.approx(
         ct.array.size * ct.voxel_volume_ml, rel=1e-3
     )
     assert {"read", "write", "total"} <= set(report["timings_s"])
@@ -81,7 +81,7 @@ def test_terminal_summary_is_readable(case):
     r = run_cli("segment", case / "ct.nii.gz", "-o", case / "o2.seg.nrrd", "--weights", case / "w.safetensors",
                 "--device", "cpu", "--progress", "none")
     assert r.returncode == 0, r.stderr
-    assert "kidney:" in r.stdout and "mL" in r.stdout and "no tumour" in r.stdout
+    assert "Right kidney " in r.stdout and "mL, no tumour" in r.stdout
 
 
 @pytest.mark.parametrize(

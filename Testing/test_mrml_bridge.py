@@ -48,9 +48,9 @@ from KidneyTumorSegLib.volume import Volume  # noqa: E402
 
 REPORT = {
     "sides": {
-        "right": {"kidney_ml": 12.34, "kidney_with_tumour_ml": 13.5, "tumour_ml": 1.16,
+        "right": {"kidney_without_tumour_ml": 12.34, "kidney_with_tumour_ml": 13.5, "tumour_ml": 1.16,
                   "tumour_diameter_mm": 17.3, "tumour_count": 1},
-        "left": {"kidney_ml": 20.02, "kidney_with_tumour_ml": 20.02, "tumour_ml": 0.0,
+        "left": {"kidney_without_tumour_ml": 20.02, "kidney_with_tumour_ml": 20.02, "tumour_ml": 0.0,
                  "tumour_diameter_mm": 0.0, "tumour_count": 0},
     },
     "timings_s": {"total": 1.0},
@@ -288,7 +288,7 @@ def test_results_table_holds_the_report_values(ct):
     assert [r["Side"] for r in rows] == ["Right", "Left"]
     for row, side in zip(rows, ("right", "left")):
         src = REPORT["sides"][side]
-        assert row["Kidney volume (mL)"] == src["kidney_ml"]
+        assert row["Kidney (without tumor) volume (mL)"] == src["kidney_without_tumour_ml"]
         assert row["Tumor volume (mL)"] == src["tumour_ml"]
         assert row["Tumor largest diameter (mm)"] == src["tumour_diameter_mm"]
         assert row["Kidney with tumor volume (mL)"] == src["kidney_with_tumour_ml"]
@@ -376,7 +376,7 @@ def test_segment_volume_node_matches_the_engine_voxel_for_voxel(engine_ct):
     rows = mrml.read_results_table(mrml.results_table_of(seg_node))
     for row in rows:
         src = expected.report["sides"][row["Side"].lower()]
-        assert row["Kidney volume (mL)"] == pytest.approx(src["kidney_ml"])
+        assert row["Kidney (without tumor) volume (mL)"] == pytest.approx(src["kidney_without_tumour_ml"])
         assert row["Tumor volume (mL)"] == pytest.approx(src["tumour_ml"])
         assert row["Tumor largest diameter (mm)"] == pytest.approx(src["tumour_diameter_mm"])
 
@@ -434,8 +434,8 @@ STAND_IN_ENGINE = textwrap.dedent(
     labels = np.zeros(arr.shape, np.uint8); labels[kidney] = 1; labels[tumour] = 2
     write_seg_nrrd(a.output, structures, volume)
     write_volume(volume.with_array(labels), a.labelmap)
-    report = {"sides": {"right": {"kidney_ml": 1.0, "tumour_ml": 2.0, "tumour_diameter_mm": 3.0},
-                        "left": {"kidney_ml": 4.0, "tumour_ml": 5.0, "tumour_diameter_mm": 6.0}},
+    report = {"sides": {"right": {"kidney_without_tumour_ml": 1.0, "tumour_ml": 2.0, "tumour_diameter_mm": 3.0},
+                        "left": {"kidney_without_tumour_ml": 4.0, "tumour_ml": 5.0, "tumour_diameter_mm": 6.0}},
               "warnings": ["This is a stand-in engine."], "argv": sys.argv[1:]}
     Path(a.report).write_text(json.dumps(report))
     emit(event="progress", fraction=1.0, message="Done")
@@ -495,7 +495,7 @@ def test_background_run_reports_progress_and_loads_the_result(ct, stand_in, mrml
     for key, mask in expected.items():
         assert np.array_equal(exported[key], mask), key
     rows = mrml.read_results_table(mrml.results_table_of(seg_node))
-    assert [(r["Side"], r["Kidney volume (mL)"], r["Tumor largest diameter (mm)"]) for r in rows] == [
+    assert [(r["Side"], r["Kidney (without tumor) volume (mL)"], r["Tumor largest diameter (mm)"]) for r in rows] == [
         ("Right", 1.0, 3.0), ("Left", 4.0, 6.0)
     ]
     assert np.array_equal(slicer.util.arrayFromVolume(node), volume.array)
@@ -605,11 +605,11 @@ def test_background_run_with_the_real_command_line(engine_ct, tmp_path):
     for side, values in report["sides"].items():
         kidney = exported.get(f"kidney_{side}", np.zeros(volume.array.shape, bool))
         tumour = exported.get(f"tumour_{side}", np.zeros(volume.array.shape, bool))
-        assert kidney.sum() * voxel_ml == pytest.approx(values["kidney_ml"], abs=0.006)
+        assert kidney.sum() * voxel_ml == pytest.approx(values["kidney_without_tumour_ml"], abs=0.006)
         assert tumour.sum() * voxel_ml == pytest.approx(values["tumour_ml"], abs=0.006)
     rows = mrml.read_results_table(mrml.results_table_of(job.segmentation_node))
-    assert {r["Side"].lower(): r["Kidney volume (mL)"] for r in rows} == {
-        s: v["kidney_ml"] for s, v in report["sides"].items()
+    assert {r["Side"].lower(): r["Kidney (without tumor) volume (mL)"] for r in rows} == {
+        s: v["kidney_without_tumour_ml"] for s, v in report["sides"].items()
     }
     assert np.array_equal(slicer.util.arrayFromVolume(node), volume.array)
 

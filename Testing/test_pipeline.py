@@ -58,7 +58,7 @@ def test_labels_land_on_the_input_grid_for_an_oblique_flipped_anisotropic_scan()
     assert result.report["kidney_boxes"] == 1
     side = next(iter(result.report["sides"].values()))
     assert side["tumour_ml"] == 0
-    assert side["kidney_ml"] == pytest.approx(ct.array.size * ct.voxel_volume_ml, rel=1e-3)
+    assert side["kidney_without_tumour_ml"] == pytest.approx(ct.array.size * ct.voxel_volume_ml, rel=1e-3)
 
 
 def test_tumour_everywhere_is_labelled_tumour_and_measured():

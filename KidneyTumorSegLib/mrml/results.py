@@ -10,7 +10,7 @@ import math
 
 # (report key, column name, unit, description); the first column is the side.
 COLUMNS = (
-    ("kidney_ml", "Kidney volume", "mL", "Kidney tissue without tumor"),
+    ("kidney_without_tumour_ml", "Kidney (without tumor) volume", "mL", "Kidney tissue without its tumors"),
     ("kidney_with_tumour_ml", "Kidney with tumor volume", "mL", "Whole kidney including its tumors"),
     ("tumour_ml", "Tumor volume", "mL", "All tumor tissue of this kidney"),
     ("tumour_diameter_mm", "Tumor largest diameter", "mm", "Largest diameter of the largest tumor"),

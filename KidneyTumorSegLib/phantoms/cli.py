@@ -107,11 +107,11 @@ def add_phantom_parser(subparsers):
                               description="Synthetic contrast CT around KiTS label maps or procedural kidneys.")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--n", type=int, default=5, help="number of cases (default 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the first case")
     p.add_argument("--from-kits", metavar="DIR", help="KiTS folder whose label maps are used (images not needed)")
     p.add_argument("--procedural", action="store_true", help="procedural kidneys and tumours (the default)")
     p.add_argument("--phase", choices=PHASES, help="contrast phase (default: drawn at random)")
-    p.add_argument("--layout", choices=("kits19", "kits21", "kits23"), default="kits19")
+    p.add_argument("--layout", choices=("kits19", "kits21", "kits23"), default="kits19", help="file layout of the cases")
     p.set_defaults(func=run_phantom)
     return p
 
@@ -119,8 +119,8 @@ def add_phantom_parser(subparsers):
 def add_gallery_parser(subparsers):
     p = subparsers.add_parser("gallery", help="PNG contact sheet of phantoms (axial and coronal, W400/L40)")
     p.add_argument("out_png", metavar="OUT.png")
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=8, help="number of phantoms on the sheet")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the first phantom")
     p.add_argument("--from-kits", metavar="DIR", help="KiTS folder whose label maps are used")
     p.set_defaults(func=run_gallery, procedural=False, phase=None)
     return p

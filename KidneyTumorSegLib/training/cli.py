@@ -4,7 +4,7 @@
         [--procedural N] [--config paper|bundled|compact|tiny] [--networks z,xy,seg] [--epochs N]
         [--steps-per-epoch N] [--batch-size N|z=32,xy=16,seg=2] [--device auto|cpu|cuda]
         [--workers N] [--resume] [--seed S] [--time-budget-min M] [--cache DIR] ...
-    kidney-tumor-seg evaluate --weights BUNDLE [--kits-masks DIR [--cases SPEC] | --procedural N]
+    kidney-tumor-seg evaluate [--weights BUNDLE] [--kits-masks DIR [--cases SPEC] | --procedural N]
         [--seed S] [--out report.json]
 
 Data-parallel: ``torchrun --nproc_per_node=G -m KidneyTumorSegLib train ...`` (one process per GPU).
@@ -148,10 +148,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    "--finetune-from bundle's)")
     t.add_argument("--networks", default="z,xy,seg", help="which networks to train (z, xy, seg)")
     t.add_argument("--epochs", type=int, default=1000, help="maximum epochs per network")
-    t.add_argument("--steps-per-epoch", type=int, default=250)
+    t.add_argument("--steps-per-epoch", type=int, default=250, help="training steps per epoch")
     t.add_argument("--batch-size", help="N for all networks, or z=32,xy=16,seg=2")
     t.add_argument("--val-samples", type=int, help="validation samples per network (default z 256, xy 128, seg 48)")
-    t.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    t.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="the paper's SGD, or AdamW")
     t.add_argument("--lr", type=float, help="initial learning rate (default 0.01 SGD, 0.001 AdamW; "
                    "a tenth of that with --finetune-from)")
     t.add_argument("--momentum", type=float, default=0.99, help="SGD momentum (Nesterov)")
@@ -163,13 +163,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    "weights, on cases exported from corrected segmentations); it also supplies the networks "
                    "not trained")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed of sampling and initial weights")
     e = p.add_argument_group("engine")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
     e.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: main process)")
     e.add_argument("--threads", type=int, help="torch CPU threads")
     e.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    e.add_argument("--progress", choices=("bar", "none"), default="bar")
+    e.add_argument("--progress", choices=("bar", "none"), default="bar", help="a progress bar on stderr, or none")
     p.set_defaults(func=run_train)
     return p
 
@@ -398,10 +398,10 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                    "ones: a folder of TotalSegmentator-style cases (CASE/labels.nii.gz with names in labels.json or "
                    "../classes.json); comma-separated case names may follow a colon (DIR:s0001,s0004)")
     p.add_argument("--grid-mm", default="1.5,1.5,3.0", help="voxel spacing x,y,z of the phantom CTs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the phantoms")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", help="write the JSON report here (default: print it)")
-    p.add_argument("--progress", choices=("bar", "none"), default="bar")
+    p.add_argument("--progress", choices=("bar", "none"), default="bar", help="a progress bar on stderr, or none")
     p.set_defaults(func=run_evaluate)
     return p
 
