@@ -46,8 +46,12 @@ def main(argv=None) -> int:
     p.add_argument("--negatives", type=int, default=6, help="painted kidney-free bodies")
     p.add_argument("--organ-bodies", type=int, default=0,
                    help="BTCV/AMOS organ maps completed with a TotalSegmentator skeleton, added as bodies")
+    p.add_argument("--procedural", type=int, default=0,
+                   help="procedural phantoms of the older generator (the demo's and the self-test's kind of CT)")
     p.add_argument("--real-repeats", type=int, default=8, help="times each real training scan is listed")
     p.add_argument("--reverse", action="store_true", help="prepare the training cases in reverse order")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="build the cases into --cache and stop (--fold none prepares what every fold needs)")
     p.add_argument("--finetune-from")
     p.add_argument("--networks", default="z,xy,seg")
     p.add_argument("--budget-min", type=float, default=60.0)
@@ -115,9 +119,18 @@ def main(argv=None) -> int:
     painted = RealBodySource(bodies, train_pairs + val_pairs, masks, seed=args.seed)
     scans = find_scans(data / "real_ct", names=set(real_train))
     real = RealScanSource(scans, args.real_repeats)
-    source = MultiSource([painted, real])
+    sources = [painted, real]
+    procedural = []
+    if args.procedural:
+        from KidneyTumorSegLib.training.sources import PhantomSource
+
+        old = PhantomSource({}, args.procedural, seed=args.seed, slice_thickness_mm=(0.8, 5.0),
+                            acquisition_pixel_mm=(0.6, 4.0))
+        sources.append(old)
+        procedural = old.case_ids()
+    source = MultiSource(sources)
     val_ids = {f"{b}@{m}" for b, m in val_pairs}
-    split = {"train": [c for c in painted.case_ids() if c not in val_ids] + real.case_ids(),
+    split = {"train": [c for c in painted.case_ids() if c not in val_ids] + real.case_ids() + procedural,
              "val": sorted(val_ids), "excluded": sorted(held), "held_out_real": sorted(
                  {"ircadb1_1", "totalseg_s0009"} - set(real_train)) + ["totalseg_s0002", "totalseg_s0003", "ircadb1_17"]}
     split_path = out / "split.json"
@@ -151,6 +164,8 @@ def main(argv=None) -> int:
     errs.update(verrs)
     bar.line(f"{len(train_cases)} training, {len(val_cases)} validation cases ready in {time.time() - t0:.0f} s"
              + (f"; skipped {errs}" if errs else ""))
+    if args.prepare_only:
+        return 1 if errs else 0
     (out / "run.json").write_text(json.dumps({"config": cfg.to_dict(), "options": opts.to_dict(),
                                               "source": source.describe(), "argv": sys.argv[1:]}, indent=1))
 
