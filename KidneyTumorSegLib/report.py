@@ -40,6 +40,9 @@ def summary_text(report: dict) -> str:
             )
         else:
             lines.append(f"{side.capitalize()} kidney {s['kidney_with_tumour_ml']:.1f} mL, no tumour")
+    phase = report.get("contrast")
+    if phase:
+        lines.append(f"Contrast: {phase['phase']} (kidneys about {phase['kidney_median_hu']:.0f} HU)")
     for w in report.get("warnings", []):
         if w != NO_KIDNEY:
             lines.append(f"Warning: {w}")

@@ -41,6 +41,9 @@ def test_summary_names_sides_volumes_and_diameter():
     assert "kidney volume" not in text.lower()
     empty = summary_text({"sides": {}, "warnings": [NO_KIDNEY]})
     assert empty.splitlines()[0] == NO_KIDNEY and empty.count("No kidney") == 1
+    assert "Contrast" not in text
+    report["contrast"] = {"phase": "unenhanced", "kidney_median_hu": 36.4}
+    assert "Contrast: unenhanced (kidneys about 36 HU)" in summary_text(report)
 
 
 def _left_kidney_scan():
