@@ -462,3 +462,27 @@ def test_train_without_data_is_a_clear_error(tmp_path, capsys):
     code = main(["train", "--out", str(tmp_path / "x"), "--config", "tiny", "--progress", "none"])
     assert code == 2
     assert "No training data was given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lr,kept", [(200.0, True), (1e-3, None)])
+def test_fine_tuning_never_ends_worse_than_it_started_on_validation(tmp_path, one_torch_thread, lr, kept):
+    """Fine-tuning validates the starting weights first; when no epoch beats them on the same
+    samples, the result is the starting weights, not the best of a worse run."""
+    from KidneyTumorSegLib.training.loop import Trainer, TrainOptions
+    from KidneyTumorSegLib.weights import seeded_bundle
+
+    cfg = ModelConfig.tiny()
+    start = seeded_bundle(cfg, seed=3).state_dicts
+    cases = [blob_case("a"), blob_case("b"), blob_case("c", tumour=False)]
+    opts = TrainOptions(networks=("xy_localiser",), epochs=2, steps_per_epoch=3, batch_size={"xy_localiser": 2},
+                        val_samples={"xy_localiser": 6}, schedule=ScheduleConfig(optimizer="sgd", lr=lr))
+    result = Trainer(cfg, cases[:2], cases[2:], opts, tmp_path, init_states=start).run()["xy_localiser"]
+    summary = result["summary"]
+    assert summary["start_val_loss"] is not None
+    if kept:  # a learning rate of 200 wrecks the network: its best epoch is worse than the start
+        assert summary["best_val_loss"] > summary["start_val_loss"]
+        assert summary["kept_starting_weights"]
+        for k, v in start["xy_localiser"].items():
+            assert torch.equal(result["state_dict"][k].to(v.dtype), v)
+    else:
+        assert summary["kept_starting_weights"] == (summary["best_val_loss"] >= summary["start_val_loss"])

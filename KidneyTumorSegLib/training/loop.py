@@ -231,6 +231,7 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         epoch, elapsed, done, history = 0, 0.0, False, []
         best_state = None
+        start_val = None  # fine-tuning: the starting weights' validation, the mark to beat
         if self.resume and last_path.exists():
             state = load_checkpoint(last_path)
             model.load_state_dict(state["model"])
@@ -241,13 +242,14 @@ class Trainer:
             set_rng_state(state["rng"])
             epoch, elapsed, done = int(state["epoch"]), float(state["elapsed_s"]), bool(state["done"])
             history = list(state["history"])
+            start_val = state.get("start_val")
             if best_path.exists():
                 best_state = load_checkpoint(best_path)["model"]
         self.histories[name] = history
         budget = self._budget_for(name, spent_before)
         del done  # a finished network resumes only if the new options leave it more to do
         if schedule.should_stop or epoch >= o.epochs or (budget is not None and elapsed >= budget):
-            return self._finish(name, model, best_state, history, epoch, elapsed, schedule, budget, done=True)
+            return self._finish(name, model, best_state, history, epoch, elapsed, schedule, budget, True, start_val)
 
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -264,6 +266,8 @@ class Trainer:
         n_nets = len(o.networks)
         pos = o.networks.index(name) if name in o.networks else 0
         out_of_time = False
+        if name in self.init_states and epoch == 0:
+            start_val = self.validate(name, ddp, val_set, loss_fn, max(bs, 2))
 
         while epoch < o.epochs and not out_of_time:
             t_epoch = time.perf_counter()
@@ -320,6 +324,7 @@ class Trainer:
                         "scaler": scaler.state_dict() if self.amp else {},
                         "rng": rng_state(),
                         "history": history,
+                        "start_val": start_val,
                         "options": o.to_dict(),
                     },
                 )
@@ -328,11 +333,17 @@ class Trainer:
             barrier(ctx)
             if schedule.should_stop:
                 break
-        return self._finish(name, ddp, best_state, history, epoch, elapsed, schedule, budget, done=True)
+        return self._finish(name, ddp, best_state, history, epoch, elapsed, schedule, budget, True, start_val)
 
-    def _finish(self, name, model, best_state, history, epoch, elapsed, schedule, budget, done) -> dict:
+    def _finish(self, name, model, best_state, history, epoch, elapsed, schedule, budget, done, start_val=None) -> dict:
+        """The network's result: its best-validation weights, or, when fine-tuning never beat the
+        weights it started from on the same validation samples, those starting weights."""
         state = best_state if best_state is not None else _cpu_state(model)
         best_row = min(history, key=lambda r: r["val_loss"]) if history else {}
+        kept_start = start_val is not None and (not best_row or start_val["val_loss"] <= best_row["val_loss"])
+        if kept_start:
+            state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).clone()
+                     for k, v in self.init_states[name].items()}
         reason = schedule.stop_reason or (
             "time budget spent" if budget is not None and elapsed >= budget else f"{epoch} epochs done"
         )
@@ -347,6 +358,9 @@ class Trainer:
             "val_accuracy": best_row.get("val_accuracy"),
             "final_lr": schedule.lr,
         }
+        if start_val is not None:
+            summary["start_val_loss"] = start_val["val_loss"]
+            summary["kept_starting_weights"] = bool(kept_start)
         self.summaries[name] = summary
         self._write_metrics()
         return {"state_dict": state, "summary": summary}
