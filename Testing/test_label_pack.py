@@ -147,6 +147,8 @@ def test_merge_takes_networks_from_other_files_and_records_where_they_came_from(
            "--take", f"xy_localiser={tmp_path / 'xy_localiser.best.safetensors'}",
            "--metrics", str(tmp_path / "metrics.csv"), "--set", "segmenter.mirror_x=true",
            "--set", "segmenter.tumour_threshold=0.4", "--out", str(out)]
+    (tmp_path / "extra.json").write_text('{"runs": ["python scripts/train_real.py --fold x"], "name": "merged"}')
+    cmd += ["--add-provenance", str(tmp_path / "extra.json")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     merged = load_bundle(out)
@@ -157,7 +159,7 @@ def test_merge_takes_networks_from_other_files_and_records_where_they_came_from(
         for key, value in source.state_dicts[net].items():
             torch.testing.assert_close(merged.state_dicts[net][key], value.float() if value.is_floating_point() else value)
     prov = merged.header["provenance"]
-    assert prov["name"] == "run a"
+    assert prov["name"] == "merged" and prov["runs"] == ["python scripts/train_real.py --fold x"]
     assert "b.safetensors" in prov["networks"]["segmenter"]
     assert "xy_localiser.best.safetensors" in prov["networks"]["xy_localiser"]
     xy = merged.header["metrics"]["validation"]["xy_localiser"]

@@ -12,6 +12,7 @@ network came from.
 
 ``--take`` accepts a training checkpoint (``*.best.safetensors``) or another bundle. ``--metrics``
 (a run's metrics.csv) refreshes the validation summary of the networks taken from that run.
+``--add-provenance FILE`` adds a JSON file's keys to the provenance (commands, data, licences).
 ``--set segmenter.tumour_threshold=0.4`` changes an inference setting (thresholds, ``mirror_x``)
 chosen on the validation cases; the network shapes cannot be changed this way.
 """
@@ -83,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--take", action="append", default=[], help="NETWORK=FILE (checkpoint or bundle)")
     p.add_argument("--metrics", help="metrics.csv of the run the taken networks come from")
     p.add_argument("--set", action="append", default=[], help="PART.KEY=VALUE inference setting, e.g. segmenter.mirror_x=true")
+    p.add_argument("--add-provenance", help="JSON file whose keys are added to the provenance (the exact "
+                   "commands of the runs, the data seen and its licences)")
     p.add_argument("--out", required=True)
     p.add_argument("--half", action="store_true")
     args = p.parse_args(argv)
@@ -111,6 +114,10 @@ def main(argv=None) -> int:
             validation[name] = summary_of(rows[name])
     provenance["networks"] = origin
     metrics["validation"] = validation
+    if args.add_provenance:
+        import json
+
+        provenance.update(json.loads(Path(args.add_provenance).read_text()))
     if args.set:
         provenance["settings"] = {**provenance.get("settings", {}), **dict(i.partition("=")[::2] for i in args.set)}
     out = save_bundle(args.out, config, states, provenance=provenance, metrics=metrics, half=args.half)
