@@ -34,20 +34,27 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if denom == 0 else 2.0 * int((a & b).sum()) / denom
 
 
+KIDNEY_FREE_VALIDATION = {"totalseg_s0002", "totalseg_s0003", "ircadb1_17"}  # never trained on, by any bundle
+
+
 def test_bundle_header_tells_the_truth_about_its_data():
     bundle = load_bundle(None)
     prov = bundle.header["provenance"]
     text = str(prov).lower()
-    assert "phantom" in text or "synthetic" in text
+    assert "real_bodies" in text or "phantom" in text or "synthetic" in text
     shape = ModelConfig.bundled().segmenter
     assert bundle.config.segmenter.patch_size_xyz == shape.patch_size_xyz
     assert bundle.config.segmenter.spacing_mm == shape.spacing_mm
     # The held-out masks (every 7th KiTS19 case from case_00003) never reached training or validation.
     split = prov["split"]
     heldout = [f"case_{i:05d}" for i in range(3, 210, 7)]
-    assert sorted(split["excluded"]) == heldout
-    seen = {c.split("~")[0] for c in split["train"] + split["val"]}
+    assert set(heldout) <= set(split["excluded"])
+    seen = {c.split("~")[0].split("@")[-1] for c in split["train"] + split["val"]}
     assert not seen & set(heldout) and not set(split["train"]) & set(split["val"])
+    # The real scans it trained on are named, and none of the kidney-free validation scans is among them.
+    used = {c.split("~")[0].split("@")[0] for c in split["train"] + split["val"]}
+    assert set(prov.get("real_scans_seen", [])) == used & {"ircadb1_1", "totalseg_s0009"}
+    assert not used & KIDNEY_FREE_VALIDATION
 
 
 @pytest.mark.parametrize("spacing", [(2.0, 2.0, 4.0), (0.8, 0.8, 5.0)], ids=["2x2x4mm", "0.8x0.8x5mm"])
