@@ -142,7 +142,13 @@ def main(argv=None) -> int:
     from KidneyTumorSegLib.device import resolve_device
     from KidneyTumorSegLib.errors import InputError
     from KidneyTumorSegLib.training import NETWORKS
-    from KidneyTumorSegLib.training.cli import ProgressBar, model_config, parse_networks, write_run_bundle
+    from KidneyTumorSegLib.training.cli import (
+        ProgressBar,
+        epoch_line,
+        model_config,
+        parse_networks,
+        write_run_bundle,
+    )
     from KidneyTumorSegLib.training.loop import Trainer, TrainOptions
     from KidneyTumorSegLib.training.schedule import ScheduleConfig
     from KidneyTumorSegLib.training.sources import (
@@ -237,9 +243,7 @@ def main(argv=None) -> int:
                                               "source": source.describe(), "argv": sys.argv[1:]}, indent=1))
 
     def on_epoch(row):
-        bits = [f"{k} {row[k]:.3f}" for k in ("val_dice_kidney", "val_dice_tumour", "val_accuracy") if row.get(k) is not None]
-        bar.line(f"{row['network']} epoch {row['epoch']}: lr {row['lr']:.1e} train {row['train_loss']:.4f} "
-                 f"val {row['val_loss']:.4f} {' '.join(bits)} ({row['seconds']:.0f} s)")
+        bar.line(epoch_line(row))
 
     trainer = Trainer(cfg, train_cases, val_cases, opts, out, device, resume=args.resume,
                       progress=bar, on_epoch=on_epoch, init_states=init_states)

@@ -93,6 +93,13 @@ def model_config(name: str):
     }[name]()
 
 
+def epoch_line(row: dict) -> str:
+    """One line per finished epoch for the training scripts' logs."""
+    bits = [f"{k} {row[k]:.3f}" for k in ("val_dice_kidney", "val_dice_tumour", "val_accuracy") if row.get(k) is not None]
+    return (f"{row['network']} epoch {row['epoch']}: lr {row['lr']:.1e} train {row['train_loss']:.4f} "
+            f"val {row['val_loss']:.4f} {' '.join(bits)} ({row['seconds']:.0f} s)")
+
+
 class ProgressBar:
     """``[#####.....]  45% message`` on stderr, redrawn at most every ``interval`` seconds."""
 
