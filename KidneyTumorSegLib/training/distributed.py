@@ -62,9 +62,12 @@ def setup(rank: int, world_size: int, backend: str = "gloo", local_rank: int | N
 
 
 def cleanup(ctx: DistContext) -> None:
+    """Leave the process group together: a rank that tears gloo down while another still talks to
+    it can abort the other process."""
     import torch.distributed as dist
 
     if ctx.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
