@@ -37,20 +37,27 @@ class Box:
         return lo, hi
 
 
+def _smoothed_above(slice_probs: np.ndarray, spacing_z: float, cfg: ZLocaliserConfig):
+    """The per-slice probabilities smoothed along z (single-slice false alarms vanish) and the
+    slices at or above the threshold; (None, None) for an empty scan."""
+    probs = np.asarray(slice_probs, dtype=np.float64)
+    if probs.size == 0:
+        return None, None
+    sigma = cfg.smoothing_mm / spacing_z
+    smooth = ndimage.gaussian_filter1d(probs, sigma, mode="nearest") if sigma > 0.3 else probs
+    return smooth, smooth >= cfg.threshold
+
+
 def z_range(slice_probs: np.ndarray, spacing_z: float, cfg: ZLocaliserConfig) -> tuple[int, int] | None:
     """The z-range ``[k0, k1)`` of the kidneys from per-slice probabilities, or None.
 
-    The probabilities are smoothed along z (single-slice false alarms vanish), thresholded, and the
-    runs above threshold that lie close together are merged; the run holding the most probability
-    mass is kept, so a false alarm in the chest or pelvis does not stretch the range.
+    The probabilities are smoothed along z, thresholded, and the runs above threshold that lie
+    close together are merged; the run holding the most probability mass is kept, so a false alarm
+    in the chest or pelvis does not stretch the range. (The pipeline now keeps every run:
+    ``candidate_slices``.)
     """
-    probs = np.asarray(slice_probs, dtype=np.float64)
-    if probs.size == 0:
-        return None
-    sigma = cfg.smoothing_mm / spacing_z
-    smooth = ndimage.gaussian_filter1d(probs, sigma, mode="nearest") if sigma > 0.3 else probs
-    above = smooth >= cfg.threshold
-    if not above.any():
+    smooth, above = _smoothed_above(slice_probs, spacing_z, cfg)
+    if above is None or not above.any():
         return None
     gap = max(1, int(round(20.0 / spacing_z)))  # runs closer than 2 cm belong together
     closed = ndimage.binary_closing(above, structure=np.ones(2 * gap + 1)) | above
@@ -59,7 +66,7 @@ def z_range(slice_probs: np.ndarray, spacing_z: float, cfg: ZLocaliserConfig) ->
     best = int(np.argmax(mass)) + 1
     ks = np.nonzero(runs == best)[0]
     margin = int(round(cfg.margin_mm / spacing_z))
-    return max(0, int(ks[0]) - margin), min(probs.size, int(ks[-1]) + 1 + margin)
+    return max(0, int(ks[0]) - margin), min(smooth.size, int(ks[-1]) + 1 + margin)
 
 
 def candidate_slices(slice_probs: np.ndarray, spacing_z: float, cfg: ZLocaliserConfig) -> np.ndarray:
@@ -69,16 +76,20 @@ def candidate_slices(slice_probs: np.ndarray, spacing_z: float, cfg: ZLocaliserC
     false alarm holding more probability than a kidney make that one run wrong. Here every run
     stays a candidate, and the xy-localiser and the plausibility of what it finds decide.
     """
-    probs = np.asarray(slice_probs, dtype=np.float64)
-    if probs.size == 0:
+    _, above = _smoothed_above(slice_probs, spacing_z, cfg)
+    if above is None:
         return np.zeros(0, bool)
-    sigma = cfg.smoothing_mm / spacing_z
-    smooth = ndimage.gaussian_filter1d(probs, sigma, mode="nearest") if sigma > 0.3 else probs
-    above = smooth >= cfg.threshold
     margin = int(round(cfg.margin_mm / spacing_z))
     if margin and above.any():
         above = ndimage.binary_dilation(above, structure=np.ones(2 * margin + 1))
     return above
+
+
+def _grown_box(sl: tuple[slice, ...], spacing_xyz, margin_mm: float, shape) -> Box:
+    """The box of an object slice grown by ``margin_mm`` on every side, clipped to ``shape``."""
+    margin = [int(np.ceil(margin_mm / s)) for s in spacing_xyz[::-1]]
+    return Box(tuple(max(0, s.start - m) for s, m in zip(sl, margin)),
+               tuple(min(dim, s.stop + m) for s, m, dim in zip(sl, margin, shape)))
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,6 @@ def kidney_candidates(mask: np.ndarray, slice_probs: np.ndarray, spacing_xyz, cf
     labels, n = ndimage.label(mask)
     voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
     probs = np.asarray(slice_probs, dtype=np.float64)
-    margin = [int(np.ceil(cfg.margin_mm / s)) for s in spacing_xyz[::-1]]
     out = []
     for idx, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -117,9 +127,7 @@ def kidney_candidates(mask: np.ndarray, slice_probs: np.ndarray, spacing_xyz, cf
         per_slice = blob.sum(axis=(1, 2)).astype(np.float64)
         zp = float((probs[sl[0]] * per_slice).sum() / per_slice.sum()) if probs.size else 1.0
         cx = float(np.nonzero(blob)[2].mean() + sl[2].start)
-        lo = tuple(max(0, s.start - m) for s, m in zip(sl, margin))
-        hi = tuple(min(dim, s.stop + m) for s, m, dim in zip(sl, margin, mask.shape))
-        out.append(Candidate(Box(lo, hi), ml, z_mm, cx, ml * max(zp, 1e-3)))
+        out.append(Candidate(_grown_box(sl, spacing_xyz, cfg.margin_mm, mask.shape), ml, z_mm, cx, ml * max(zp, 1e-3)))
     return sorted(out, key=lambda c: -c.score)
 
 
@@ -152,13 +160,7 @@ def kidney_boxes(mask: np.ndarray, spacing_xyz, cfg: XYLocaliserConfig, max_kidn
     sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1)) * voxel_ml
     order = [i + 1 for i in np.argsort(sizes)[::-1] if sizes[i] >= cfg.min_component_ml][:max_kidneys]
     objects = ndimage.find_objects(labels)
-    margin = [int(np.ceil(cfg.margin_mm / s)) for s in spacing_xyz[::-1]]
-    boxes = []
-    for idx in order:
-        sl = objects[idx - 1]
-        lo = tuple(max(0, s.start - m) for s, m in zip(sl, margin))
-        hi = tuple(min(dim, s.stop + m) for s, m, dim in zip(sl, margin, mask.shape))
-        boxes.append(Box(lo, hi))
+    boxes = [_grown_box(objects[idx - 1], spacing_xyz, cfg.margin_mm, mask.shape) for idx in order]
     return _merge_overlapping(boxes)
 
 

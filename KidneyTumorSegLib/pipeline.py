@@ -40,6 +40,11 @@ class SegmentationResult:
         return not bool(self.structures)
 
 
+def _x_index(x_mm: float | None, grid: Volume) -> float | None:
+    """An LPS x (mm) as a (fractional) x index of a canonical grid, None passing through."""
+    return None if x_mm is None else (x_mm - grid.origin[0]) / grid.spacing[0]
+
+
 class _Clock:
     """Wall time per stage, for the report and the benchmarks."""
 
@@ -238,9 +243,8 @@ class Pipeline:
         if slices.any():
             progress(0.25, "Finding the kidneys in the slices")
             mask = self._xy_mask(loc, slices)
-            mid = None if midline_mm is None else (midline_mm - loc_hu.origin[0]) / loc_hu.spacing[0]
             candidates = localisation.kidney_candidates(mask, zprobs, loc_hu.spacing, cfg.xy_localiser)
-            boxes = localisation.choose_kidney_boxes(candidates, mid)
+            boxes = localisation.choose_kidney_boxes(candidates, _x_index(midline_mm, loc_hu))
             self._clock.lap("xy_localiser")
         zr = (min(b.lo[0] for b in boxes), max(b.hi[0] for b in boxes)) if boxes else None
         labels = None
@@ -258,7 +262,7 @@ class Pipeline:
                     min_kidney_ml=cfg.xy_localiser.min_component_ml,
                     min_tumour_ml=cfg.segmenter.min_tumour_ml,
                 ),
-                None if midline_mm is None else (midline_mm - canvas.origin[0]) / canvas.spacing[0],
+                _x_index(midline_mm, canvas),
             )
             self._clock.lap("postprocess")
             progress(0.9, "Bringing the labels back onto the scan's grid")
