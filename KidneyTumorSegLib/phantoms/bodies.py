@@ -149,8 +149,8 @@ def complete_organ_map(organs: Volume, scheme: str, donor: Body, spacing_mm=(2.0
     donor_ids[drop] = 0  # the donor's own copies of the organs the organ map has
     donor_ids = np.where(ndi.binary_dilation(own > 0, iterations=1), 0, donor_ids)  # organs keep their room
     out = np.where(own > 0, own, donor_ids).astype(np.uint8)
-    lut_t, kidneys = tissue_lut(donor.names)
-    return Body(canon.with_array(out), lut_t, kidneys, name or "organs+" + donor.name)
+    # the composite is in the donor's (TotalSegmentator) ids, so the donor's tissue table serves it
+    return Body(canon.with_array(out), donor.lut, donor.kidney_ids, name or "organs+" + donor.name, donor.names)
 
 
 def read_organ_body(path: str | Path, scheme: str, donor: Body, spacing_mm=(2.0, 2.0, 2.0)) -> Body:

@@ -26,7 +26,7 @@ from . import tissues as ts
 from .bodies import _CLASS_IDS, Body
 from .intensity import HU_TABLE, PHASES, apply_global, draw_intensities
 from .layout import Layout, find_kidneys
-from .renal import render_kidneys
+from .renal import label_box, render_kidneys
 from .shapes import Grid, smooth_noise
 
 UNENHANCED = "unenhanced"
@@ -107,7 +107,7 @@ def _sides_of(mask: np.ndarray, grid_x: np.ndarray, midline_x: float | None = No
     return {"right" if xs[0] < mid else "left": mask.copy()}
 
 
-def place_kidneys(tissue_ids: np.ndarray, body_ids: np.ndarray, body: Body, grid: Grid, kits: Volume | None,
+def place_kidneys(tissue_ids: np.ndarray, body_ids: np.ndarray, body: Body, kits: Volume | None,
                   rng: np.random.Generator, kits_midline_x: float | None = None) -> np.ndarray:
     """Labels 0/1/2 on the grid: each body kidney replaced by the same side of ``kits`` (moved so the
     centres coincide), or kept as the body's own kidney shape when ``kits`` is None or lacks it.
@@ -269,7 +269,7 @@ def paint_body(body: Body, kits: Volume | None, seed: int, config: PaintConfig |
     sp_zyx = tuple(cfg.spacing_mm[::-1])
     tissue, inside = body_tissues(ids, body, sp_zyx, r_tis)
     grid = Grid(*[ids_vol.origin[i] + cfg.spacing_mm[i] * np.arange(ids.shape[2 - i]) for i in range(3)])
-    labels = place_kidneys(tissue, ids, body, grid, kits, r_kid, kits_midline_x)
+    labels = place_kidneys(tissue, ids, body, kits, r_kid, kits_midline_x)
     if cfg.table_prob and r_tis.random() < cfg.table_prob:
         rows = np.nonzero(inside.any(axis=(0, 2)))[0]
         if rows.size:
@@ -290,13 +290,11 @@ def paint_body(body: Body, kits: Volume | None, seed: int, config: PaintConfig |
         lay = Layout(x0=x0, y_vb=0.0, z_l1=0.0, level_h=34.0, kidneys=kidneys,
                      fov_lo=np.array([grid.x[0], grid.y[0], grid.z[0]]),
                      fov_hi=np.array([grid.x[-1], grid.y[-1], grid.z[-1]]))
-        nz = np.nonzero(kid_grid)
-        box = tuple(slice(max(0, int(a.min()) - 2), min(n, int(a.max()) + 3)) for a, n in zip(nz, labels.shape))
-        hu_k, tid_k = render_kidneys(lab_vol, box, lay, means, sds, draw.tumour_type, r_kid)
+        box = label_box(lab_vol, (2, 2, 2))
+        hu_k, _ = render_kidneys(lab_vol, box, lay, means, sds, draw.tumour_type, r_kid)
         region = ct[box]
         inside_k = ~np.isnan(hu_k)
         region[inside_k] = hu_k[inside_k]
-        tissue[box][inside_k] = tid_k[inside_k]
     # scanner: partial volume of the slice and the in-plane PSF
     thickness = r_scan.uniform(*cfg.slice_thickness_mm)
     pixel = r_scan.uniform(*cfg.pixel_mm)
