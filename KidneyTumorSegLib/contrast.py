@@ -56,7 +56,7 @@ def contrast_phase(volume: Volume, labels: np.ndarray, min_ml: float = 10.0) -> 
         phase = VENOUS
     return {
         "phase": phase,
-        "enhanced": phase not in (UNENHANCED,),
+        "enhanced": phase != UNENHANCED,
         "kidney_median_hu": round(median, 1),
         "cortex_minus_inner_hu": round(diff, 1),
         "brightest_1pct_hu": round(bright, 1),

@@ -451,6 +451,7 @@ def run_evaluate_scans(args, bundle) -> int:
 def run_evaluate(args) -> int:
     from ..weights import load_bundle
     from .evaluate import evaluate, heldout_cases
+    from .real_sources import mask_of
     from .sources import PhantomSource
 
     bundle = load_bundle(args.weights)
@@ -465,7 +466,7 @@ def run_evaluate(args) -> int:
         masks = PhantomSource.masks_in(args.kits_masks, cases)
         if cases is None:
             split = bundle.header.get("provenance", {}).get("split", {}) or {}
-            seen = {c.split("~v")[0].split("@")[-1] for c in split.get("train", []) + split.get("val", [])}
+            seen = {mask_of(c) for c in split.get("train", []) + split.get("val", [])}
             masks = {k: v for k, v in masks.items() if k not in seen}
         if args.limit:
             masks = dict(list(masks.items())[: args.limit])

@@ -22,6 +22,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..volume import Volume
 from .metrics import false_tumour, segmentation_dice
+from .real_sources import mask_of
 from .sources import stable_seed
 
 DEFAULT_GRID_MM = (1.5, 1.5, 3.0)
@@ -68,27 +69,32 @@ def heldout_cases(
         yield f"eval_proc_{i:04d}", ct, truth
 
 
-def real_body_phantom(body_path, mask_path, case_id: str, seed: int, grid_mm=DEFAULT_GRID_MM):
-    """(ct, truth) for one mask painted into a real body (``phantoms.realbody``) on a CT-like grid:
-    the body's whole field of view, deformed as a training draw is (its own seed), its kidneys
+def real_body_phantom(body, mask_path, case_id: str, seed: int, grid_mm=DEFAULT_GRID_MM):
+    """(ct, truth) for one mask painted into a real body (a ``phantoms.bodies.Body``) on a CT-like
+    grid: the body's whole field of view, deformed as a training draw is (its own seed), its kidneys
     replaced by the mask's, in a contrast phase (the tumour targets are for contrast CT)."""
-    from ..phantoms.bodies import read_body
     from ..phantoms.realbody import PaintConfig, paint_body
     from .real_sources import kits_on_grid
 
     kits, midline = kits_on_grid(Path(mask_path), grid_mm)
     config = PaintConfig(spacing_mm=tuple(grid_mm), z_fov_mm=None, mode_weights=(1.0, 0.0, 0.0))  # contrast CT
-    ct, truth, _ = paint_body(read_body(body_path), kits, stable_seed(seed, "eval-body", case_id), config, midline)
+    ct, truth, _ = paint_body(body, kits, stable_seed(seed, "eval-body", case_id), config, midline)
     return ct, truth
 
 
 def real_body_cases(masks: dict[str, Path], bodies: list[Path], seed: int = 0, grid_mm=DEFAULT_GRID_MM
                     ) -> Iterator[tuple[str, Volume, Volume]]:
-    """Held-out masks painted into real bodies, the bodies taken in turn; ids ``body@case``."""
+    """Held-out masks painted into real bodies, the bodies taken in turn; ids ``body@case``. Each
+    body's label map is read once."""
+    from ..phantoms.bodies import read_body
+
+    read = {}
     for i, (case_id, path) in enumerate(masks.items()):
-        body = Path(bodies[i % len(bodies)])
-        ct, truth = real_body_phantom(body, path, case_id, seed, grid_mm)
-        yield f"{body.parent.name}@{case_id}", ct, truth
+        body_path = Path(bodies[i % len(bodies)])
+        if body_path not in read:
+            read[body_path] = read_body(body_path)
+        ct, truth = real_body_phantom(read[body_path], path, case_id, seed, grid_mm)
+        yield f"{body_path.parent.name}@{case_id}", ct, truth
 
 
 def _stats(values: list[float]) -> dict:
@@ -119,8 +125,7 @@ def evaluate(
     bundle = weights if isinstance(weights, Bundle) else load_bundle(weights)
     pipe = Pipeline.from_weights(bundle, device=device)
     split = bundle.header.get("provenance", {}).get("split", {}) or {}
-    seen = set(split.get("train", [])) | set(split.get("val", []))
-    seen_masks = {c.split("~v")[0].split("@")[-1] for c in seen}
+    seen_masks = {mask_of(c) for c in split.get("train", []) + split.get("val", [])}
     per_case = []
     for i, (case_id, ct, truth) in enumerate(cases):
         progress(i / max(1, n_cases or (i + 1)), f"evaluating {case_id}")
@@ -138,7 +143,7 @@ def evaluate(
                 "false_tumour_components": false["components"],
                 "false_tumour_ml": round(false["ml"], 2),
                 "seconds": round(time.perf_counter() - t0, 2),
-                "seen_in_training": case_id.split("~v")[0].split("@")[-1] in seen_masks,
+                "seen_in_training": mask_of(case_id) in seen_masks,
             }
         )
     progress(1.0, "evaluation done")

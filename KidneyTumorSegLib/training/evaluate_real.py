@@ -21,6 +21,7 @@ from scipy import ndimage
 from ..labelled_scans import LabelledScan
 from .evaluate import _stats
 from .metrics import dice, false_tumour
+from .real_sources import scan_of
 
 FREE_MARGIN_MM = 10.0
 NSD_TOLERANCE_MM = 2.0
@@ -122,7 +123,7 @@ def evaluate_scans(weights, scans: list[LabelledScan], kidney_free: dict | None 
     pipe = Pipeline.from_weights(bundle, device=device, allow_non_ct=True, **pipeline_kwargs)
     prov = bundle.header.get("provenance", {}) or {}
     split = prov.get("split", {}) or {}
-    seen_real = {c.split("~")[0].split("@")[0] for c in split.get("train", []) + split.get("val", [])}
+    seen_real = {scan_of(c) for c in split.get("train", []) + split.get("val", [])}
     rows = []
     for i, scan in enumerate(scans):
         progress(i / max(1, len(scans)), f"evaluating {scan.name}")
@@ -132,20 +133,20 @@ def evaluate_scans(weights, scans: list[LabelledScan], kidney_free: dict | None 
         pred_labels = np.asarray(result.labels.array)
         pred = pred_labels > 0
         truth = None if truth_vol is None else np.asarray(truth_vol.array)
+        true_kidney = None if truth is None else truth > 0
         voxel_ml = ct.voxel_volume_ml
         whole_free = scan.name in kidney_free and kidney_free[scan.name] is None
-        free = free_slices(None if truth is None else truth > 0, pred.shape[0], ct.spacing[2],
-                           kidney_free.get(scan.name), whole_free)
+        free = free_slices(true_kidney, pred.shape[0], ct.spacing[2], kidney_free.get(scan.name), whole_free)
         row = {"case": scan.name, "grid_mm": [round(s, 3) for s in ct.spacing],
                "predicted_kidney_ml": round(float(pred.sum()) * voxel_ml, 1),
                "kidney_free_slices": int(free.size),
                "false_kidney_ml_in_free_slices": round(float(pred[free].sum()) * voxel_ml, 2) if free.size else None,
                "contrast": result.report.get("contrast"),
-               "seen_in_training": scan.name in seen_real or scan.name.split("_", 1)[-1] in seen_real}
-        if truth is not None and truth.any():
-            row["kidney_dice"] = round(dice(pred, truth > 0), 4)
-            row.update(kidneys_found(pred, truth > 0))
-            row.update(surface_metrics(pred, truth > 0, ct.spacing[::-1]))
+               "seen_in_training": scan.name in seen_real}
+        if truth is not None and true_kidney.any():
+            row["kidney_dice"] = round(dice(pred, true_kidney), 4)
+            row.update(kidneys_found(pred, true_kidney))
+            row.update(surface_metrics(pred, true_kidney, ct.spacing[::-1]))
             if (truth == 2).any():
                 row["tumour_dice"] = round(dice(pred_labels == 2, truth == 2), 4)
             ft = false_tumour(pred_labels, truth, voxel_ml)
@@ -155,7 +156,7 @@ def evaluate_scans(weights, scans: list[LabelledScan], kidney_free: dict | None 
         row["seconds"] = round(time.perf_counter() - t0, 1)
         if overlay_dir is not None:
             png = Path(overlay_dir) / f"{scan.name}.png"
-            overlay_png(np.asarray(ct.array), pred, None if truth is None else truth > 0, ct.spacing, png)
+            overlay_png(np.asarray(ct.array), pred, true_kidney, ct.spacing, png)
             row["overlay"] = str(png)
         rows.append(row)
     progress(1.0, "evaluation done")

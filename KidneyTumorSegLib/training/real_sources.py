@@ -19,13 +19,26 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import InputError
+from ..volume import Volume
 from .sources import VARIANT_SEP, CachedCase, CaseSource, grid_arrays, segmenter_margin_zyx, stable_seed
 
 BODY_SEP = "@"
 REPEAT_SEP = "~r"
 
 
-def kits_on_grid(path: Path, spacing_mm) -> tuple[object, float]:
+def mask_of(case_id: str) -> str:
+    """The label map a training case was built from: ``s0001@case_00012~v3`` -> ``case_00012``,
+    ``case_00012~v1`` -> ``case_00012``."""
+    return case_id.split("~")[0].split(BODY_SEP)[-1]
+
+
+def scan_of(case_id: str) -> str:
+    """The real scan or body a training case came from: ``ircadb1_1~r2`` -> ``ircadb1_1``,
+    ``totalseg_s0009@case_00012`` -> ``totalseg_s0009``."""
+    return case_id.split("~")[0].split(BODY_SEP)[0]
+
+
+def kits_on_grid(path: Path, spacing_mm) -> tuple[Volume, float]:
     """A KiTS19/KiTS23 mask on a canonical grid (cysts as kidney), and the LPS x of the midline of
     the scan it was drawn on: the full grid's centre (KiTS23 crops: from ``full_geometry.json``)."""
     import json
