@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", default="32,12,2")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--prep-workers", type=int, default=0)
+    p.add_argument("--thick-slices", type=float, default=0.3,
+                   help="share of segmenter patches re-acquired with 2.5-6 mm slices (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
@@ -77,6 +79,7 @@ def main(argv=None) -> int:
     from KidneyTumorSegLib.training.real_sources import RealBodySource, RealScanSource
     from KidneyTumorSegLib.training.schedule import ScheduleConfig
     from KidneyTumorSegLib.training.sources import MultiSource, load_cases
+    from KidneyTumorSegLib.training.transforms import AugmentConfig
 
     t0 = time.time()
     data = Path(args.data)
@@ -158,6 +161,7 @@ def main(argv=None) -> int:
         budget_shares={"z_localiser": shares[0], "xy_localiser": shares[1], "segmenter": shares[2]},
         schedule=ScheduleConfig(optimizer="adamw", lr=args.lr, weight_decay=3e-5),
         tumour_fraction=0.4, random_fraction=0.2,
+        augment=AugmentConfig(thick_slice_probability=args.thick_slices),
     )
     train_cases, errs = load_cases(source, split["train"], cfg, args.cache or None, args.prep_workers, bar)
     val_cases, verrs = load_cases(source, split["val"], cfg, args.cache or None, args.prep_workers, bar)

@@ -11,7 +11,8 @@ segmenter, each read through one random spatial transform (``transforms``).
   ``tumour_fraction`` (when the case has a tumour), on a random voxel of the scan with probability
   ``random_fraction``, on a kidney voxel otherwise; the centre is jittered by up to a quarter patch
   so objects are seen off-centre too, as the sliding window shows them. Targets: channel 0 the
-  kidney-with-tumour region (labels > 0), channel 1 the tumour (labels == 2).
+  kidney-with-tumour region (labels > 0), channel 1 the tumour (labels == 2). A share of patches
+  is re-acquired with thick slices (``transforms.simulate_thick_slices``) before the intensity jitter.
 
 Slices are read at a fixed size covering 512 mm (KiTS field of view) so they batch; outside the
 scan reads air. Samplers are plain numpy and take the random generator from the caller, so a
@@ -26,7 +27,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .sources import CachedCase, CaseArrays
-from .transforms import IDENTITY, AugmentConfig, draw_spatial, flip, intensity_jitter, read, sampling_coords
+from .transforms import (
+    IDENTITY,
+    AugmentConfig,
+    draw_spatial,
+    flip,
+    intensity_jitter,
+    read,
+    sampling_coords,
+    simulate_thick_slices,
+)
 
 KIND_TUMOUR, KIND_KIDNEY, KIND_RANDOM, KIND_POSITIVE, KIND_NEGATIVE, KIND_ANY = (
     "tumour",
@@ -173,6 +183,7 @@ class PatchSampler:
         image = flip(read(arrays.image, coords, 1, 0.0, np.float32), params)
         labels = flip(read(arrays.labels, coords, 0, 0), params)
         if augment:
+            image = simulate_thick_slices(image, rng, self.aug, arrays.spacing[2])
             image = intensity_jitter(image, rng, self.aug)
         target = np.stack([labels > 0, labels == 2]).astype(np.float32)
         return Sample(image[None], target, kind, self.cases[i].case_id)
