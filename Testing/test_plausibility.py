@@ -1,0 +1,80 @@
+"""A kidney is never encased in bone: components the skull or a bone ring surrounds are dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from KidneyTumorSegLib.plausibility import PlausibilityConfig, bone_rim_fraction, drop_kidneys_in_bone
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_ct"
+
+
+def _scene(shape=(20, 80, 80)):
+    """Fat everywhere (-100 HU); in-plane coordinates in mm on a 1 mm grid."""
+    hu = np.full(shape, -100.0, np.float32)
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    return hu, zz, yy, xx
+
+
+def _blob(yy, xx, cy, cx, r):
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_a_kidney_in_fat_is_kept_and_one_inside_a_skull_is_dropped():
+    hu, zz, yy, xx = _scene()
+    labels = np.zeros(hu.shape, np.uint8)
+    kidney = _blob(yy, xx, 40, 20, 10) & (zz >= 4) & (zz < 16)
+    brain = _blob(yy, xx, 40, 60, 10) & (zz >= 4) & (zz < 16)
+    labels[kidney] = 1
+    labels[brain] = 1
+    labels[_blob(yy, xx, 40, 62, 3) & (zz >= 8) & (zz < 12)] = 2  # a 'tumour' inside the encased one
+    hu[kidney | brain] = 35.0
+    # the skull: a 4 mm shell of cortical bone around the right-hand blob, 1 mm away from it
+    skull = _blob(yy, xx, 40, 60, 15) & ~_blob(yy, xx, 40, 60, 11)
+    hu[skull] = 900.0
+    kept, dropped = drop_kidneys_in_bone(labels, hu, (1.0, 1.0, 1.0), 0.001)
+    assert (kept[kidney] == 1).all()
+    assert not kept[brain].any() and not (kept == 2).any()
+    assert len(dropped) == 1 and dropped[0]["bone_rim_fraction"] > 0.5
+    assert dropped[0]["ml"] == pytest.approx(brain.sum() * 0.001, abs=0.05)
+    assert labels[brain].any()  # the caller's array is not modified
+
+
+def test_a_rib_or_vertebra_against_one_side_of_the_kidney_is_not_encasing():
+    hu, zz, yy, xx = _scene()
+    labels = np.zeros(hu.shape, np.uint8)
+    kidney = _blob(yy, xx, 40, 40, 12) & (zz >= 2) & (zz < 18)
+    labels[kidney] = 1
+    hu[kidney] = 150.0
+    hu[_blob(yy, xx, 40, 57, 4)] = 700.0  # a rib touching the kidney's rim
+    share = bone_rim_fraction(kidney, hu, (1.0, 1.0, 1.0), PlausibilityConfig())
+    assert 0.0 < share < 0.15
+    kept, dropped = drop_kidneys_in_bone(labels, hu, (1.0, 1.0, 1.0), 0.001)
+    assert kept is labels and dropped == []
+
+
+def test_the_rim_is_measured_in_millimetres_on_anisotropic_pixels():
+    # the same skull scene on a grid of 2 mm pixels must give the same verdict
+    hu, zz, yy, xx = _scene((10, 40, 40))
+    yy, xx = yy * 2.0, xx * 2.0
+    brain = _blob(yy, xx, 40, 40, 10)
+    hu[brain] = 35.0
+    hu[_blob(yy, xx, 40, 40, 16) & ~_blob(yy, xx, 40, 40, 12)] = 900.0
+    assert bone_rim_fraction(brain, hu, (2.0, 2.0, 3.0), PlausibilityConfig()) > 0.5
+    assert bone_rim_fraction(brain, hu, (2.0, 2.0, 3.0), PlausibilityConfig(rim_mm=1.5)) == 0.0  # bone 2 mm away
+
+
+@pytest.mark.skipif(not (REAL / "ircadb1_1" / "labels.nii.gz").exists(), reason="real CTs not available")
+@pytest.mark.parametrize("case, ids", [("ircadb1_1", (1, 2)), ("totalseg_s0009", (2, 3))])
+def test_real_kidneys_are_never_taken_for_encased(case, ids):
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(REAL / case / "ct.nii.gz"))
+    hu = sitk.GetArrayFromImage(image)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / case / "labels.nii.gz")))
+    labels = np.isin(truth, ids).astype(np.uint8)
+    kept, dropped = drop_kidneys_in_bone(labels, hu, image.GetSpacing(), 0.001)
+    assert dropped == [] and kept is labels
