@@ -52,8 +52,9 @@ from .losses import loss_for
 from .metrics import dice_from_counts, plot_curves, write_csv
 from .sampling import PatchSampler, XYSliceSampler, ZSliceSampler, fixed_samples, slice_size_px
 from .schedule import PlateauSchedule, ScheduleConfig, make_optimizer
-from .sources import CachedCase, stable_seed
+from .seeds import stable_seed
 from .transforms import AugmentConfig
+from .working_grids import CachedCase
 
 log = logging.getLogger("KidneyTumorSeg")
 Progress = Callable[[float, str], None]

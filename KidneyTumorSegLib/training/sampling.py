@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sources import CachedCase, CaseArrays
 from .transforms import IDENTITY, AugmentConfig, draw_spatial, flip, intensity_jitter, read, sampling_coords
+from .working_grids import CachedCase, CaseArrays
 
 KIND_TUMOUR, KIND_KIDNEY, KIND_RANDOM, KIND_POSITIVE, KIND_NEGATIVE, KIND_ANY = (
     "tumour",
