@@ -14,8 +14,10 @@ Small modules, one job each, in the spirit of TorchIO's split between data, tran
 - ``sampling``: 2D slices for the localisers and 3D patches for the segmenter, drawn with the
   class balance the paper relies on;
 - ``losses``, ``schedule``, ``checkpoint``, ``metrics``, ``distributed``: the training machinery;
-- ``loop``: the trainer; ``evaluate``: the full pipeline on held-out phantoms; ``cli``: the
-  ``train`` and ``evaluate`` sub-commands.
+- ``loop``: the trainer, one network after the other, each epoch as named steps; ``validation``:
+  a network's validation sums and scores as named fields;
+- ``evaluate``: the full pipeline on held-out phantoms (``evaluate_real``: on real labelled scans);
+  ``cli``: the ``train`` and ``evaluate`` sub-commands.
 
 Importing this package is cheap; torch loads when a module that needs it is imported.
 """
