@@ -7,8 +7,9 @@ Layouts (one folder per case under ``root``):
 - KiTS23: ``case_XXXXX/imaging.nii.gz`` + ``segmentation.nii.gz`` (1 kidney, 2 tumour, 3 cyst).
 The cyst label (3) is mapped explicitly (``cyst_as``).  Files are read with SimpleITK, which honours
 each file's affine: KiTS19 arrays are stored (z, y, x) with I-P-L orientation codes, and the Volume
-carries that direction, so no axis order is ever assumed. Everything that reads or writes this
-layout (training sources, phantom and export writers) takes its file names from here.
+carries that direction, so no axis order is ever assumed. The library's other readers and writers
+of this layout (batch discovery, training sources, the phantom command, the export) take its file
+names and folder naming from here.
 """
 
 from __future__ import annotations
