@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, KidneyTumorSegError
+from .kits import IMAGE_FILE
+from .terminology import SIDES
 
 #: Exit code of a batch that finished with at least one failed case (summary.csv says which).
 BATCH_FAILED = 8
-SIDES = ("right", "left")
 SIDE_FIELDS = ("kidney_without_tumour_ml", "kidney_with_tumour_ml", "tumour_ml", "tumour_diameter_mm")
 COLUMNS = ("case", "status", "exit_code", "message", "input", "series",
            *(f"{side}_{f}" for side in SIDES for f in SIDE_FIELDS), "seconds")
@@ -61,12 +62,12 @@ def find_cases(inputs) -> list[Case]:
             raise InputError(f"The input {path} does not exist.")
         if path.is_file():
             cases.append(Case(_safe(_stem(path)), path))
-        elif (path / "imaging.nii.gz").is_file():
-            cases.append(Case(_safe(path.resolve().name), path / "imaging.nii.gz"))
+        elif (path / IMAGE_FILE).is_file():
+            cases.append(Case(_safe(path.resolve().name), path / IMAGE_FILE))
         else:
-            kits = sorted(p for p in path.glob("case_*") if (p / "imaging.nii.gz").is_file())
+            kits = sorted(p for p in path.glob("case_*") if (p / IMAGE_FILE).is_file())
             if kits:
-                cases += [Case(_safe(p.name), p / "imaging.nii.gz") for p in kits]
+                cases += [Case(_safe(p.name), p / IMAGE_FILE) for p in kits]
             else:
                 cases.append(Case(_safe(path.resolve().name), path))
     seen: dict[str, int] = {}

@@ -79,7 +79,7 @@ class _JsonWarnings(logging.Handler):
             print(f"Warning: {record.getMessage()}", file=sys.stderr, flush=True)
 
 
-# --- [issue 6] output safety: checked before any work, written only when everything succeeded -----
+# --- output safety: checked before any work, written only when everything succeeded ---------------
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
@@ -273,7 +273,7 @@ def segment_scan(args, pipeline, reporter: Reporter) -> tuple[dict, dict[str, st
         series_warning = _series_warning(input_path, info.series)
         if series_warning:
             log.warning(series_warning)
-        # [issue 6] refuse up front, before reading a voxel, a run that cannot fit in memory
+        # refuse up front, before reading a voxel, a run that cannot fit in memory
         estimate = check_run_fits(info.size[:3], info.spacing[:3], info.bytes_per_voxel, pipeline.config,
                                   input_path, keep_image=bool(args.snapshot))
         reporter.progress(0.0, f"Reading {args.input}")
@@ -294,7 +294,7 @@ def segment_scan(args, pipeline, reporter: Reporter) -> tuple[dict, dict[str, st
         if series_warning:
             report["warnings"].insert(0, series_warning)
         report["memory_estimate_gb"] = round(estimate.gb, 2)
-        if not args.snapshot:  # [issue 6] only the picture needs the scan's voxels: free them now
+        if not args.snapshot:  # only the picture needs the scan's voxels: free them now
             volume = _geometry_only(volume)
         t0 = time.perf_counter()
         outputs = _write_outputs(args, volume, result, staged)
@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         reason = (err.strerror or str(err) or type(err).__name__).rstrip(".")
         return _fail(_exit(KidneyTumorSegError(f"A file could not be read or written{where}: {reason}."), 7), style)
-    except Exception as err:  # [issue 6] never a traceback: one sentence, and the details on demand
+    except Exception as err:  # never a traceback: one sentence, and the details on demand
         if "out of memory" in str(err).lower() or "can't allocate memory" in str(err).lower():
             return _fail(_out_of_memory(), style)
         if os.environ.get("KIDNEY_TUMOR_SEG_DEBUG"):

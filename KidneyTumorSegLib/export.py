@@ -22,7 +22,8 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
-from .kits import IMAGE_FILE, SEG_FILES
+from .kits import case_folder_name as kits_folder_name
+from .kits import write_case_files
 from .terminology import (
     KIDNEY,
     KITS_LABEL,
@@ -34,7 +35,6 @@ from .terminology import (
 )
 from .volume import Volume
 
-SEGMENTATION_FILE = SEG_FILES["kits19"]
 PROVENANCE_FILE = "provenance.json"
 MASS_TYPE = ("SCT", "4147007")  # "Mass": the other type Slicer's lists offer for a tumour
 _CASE_DIR = re.compile(r"^case_(\d+)$")
@@ -126,11 +126,9 @@ def resample_labels(labels: Volume, reference: Volume) -> Volume:
 def case_folder_name(case_id: str | int) -> str:
     """``12`` -> ``case_00012``; ``case_x`` stays; any other safe name gets the ``case_`` prefix."""
     text = str(case_id).strip()
-    if text.isdigit():
-        return f"case_{int(text):05d}"
-    if not _CASE_ID.match(text):
+    if not text.isdigit() and not _CASE_ID.match(text):
         raise ExportError(f"The case ID '{text}' is not a plain name; use digits, letters, '-', '_' or '.'.")
-    return text if text.startswith("case_") else f"case_{text}"
+    return kits_folder_name(text)
 
 
 def next_case_number(out_dir: Path) -> int:
@@ -159,8 +157,6 @@ def write_training_case(out_dir, ct: Volume, labels: Volume, provenance: dict | 
     The files are written into a hidden folder beside the target and renamed into place at the
     end, so an interrupted export leaves no half-written case that training would read.
     """
-    from .io import write_volume
-
     out_dir = Path(out_dir)
     if not ct.same_grid(labels, tol=1e-4) or ct.array.shape != labels.array.shape:
         raise ExportError("The label map does not lie on the CT's grid; nothing was written.")
@@ -190,8 +186,7 @@ def write_training_case(out_dir, ct: Volume, labels: Volume, provenance: dict | 
     staging = out_dir / f".{name}.partial-{secrets.token_hex(4)}"
     staging.mkdir()
     try:
-        write_volume(ct, staging / IMAGE_FILE)
-        write_volume(labels.with_array(np.asarray(labels.array, np.uint8)), staging / SEGMENTATION_FILE)
+        write_case_files(staging, ct, labels)
         for _ in range(1000):  # another export may take a number meanwhile: move on to the next
             target = out_dir / name
             record["case"] = name

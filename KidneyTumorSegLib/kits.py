@@ -1,4 +1,5 @@
-"""Reading KiTS-layout datasets (KiTS19, KiTS21, KiTS23) with the labels mapped to 0 / 1 / 2.
+"""The KiTS layout (KiTS19, KiTS21, KiTS23): reading its datasets with the labels mapped to 0 / 1 / 2,
+and writing cases in it.
 
 Layouts (one folder per case under ``root``):
 - KiTS19: ``case_XXXXX/imaging.nii.gz`` + ``segmentation.nii.gz`` (0 bg, 1 kidney, 2 tumour);
@@ -6,7 +7,9 @@ Layouts (one folder per case under ``root``):
 - KiTS23: ``case_XXXXX/imaging.nii.gz`` + ``segmentation.nii.gz`` (1 kidney, 2 tumour, 3 cyst).
 The cyst label (3) is mapped explicitly (``cyst_as``).  Files are read with SimpleITK, which honours
 each file's affine: KiTS19 arrays are stored (z, y, x) with I-P-L orientation codes, and the Volume
-carries that direction, so no axis order is ever assumed.
+carries that direction, so no axis order is ever assumed. The library's other readers and writers
+of this layout (batch discovery, training sources, the phantom command, the export) take its file
+names and folder naming from here.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .io import read_volume
+from .io import read_volume, write_volume
+from .terminology import BACKGROUND_LABEL, KITS_LABEL
 from .volume import Volume
 
 log = logging.getLogger("KidneyTumorSeg")
@@ -27,7 +31,8 @@ log = logging.getLogger("KidneyTumorSeg")
 LAYOUTS = ("kits19", "kits21", "kits23")
 SEG_FILES = {"kits19": "segmentation.nii.gz", "kits21": "aggregated_MAJ_seg.nii.gz", "kits23": "segmentation.nii.gz"}
 IMAGE_FILE = "imaging.nii.gz"
-CYST_TARGETS = {"kidney": 1, "tumour": 2, "tumor": 2, "background": 0}
+CYST_TARGETS = {"kidney": KITS_LABEL["kidney"], "tumour": KITS_LABEL["tumour"], "tumor": KITS_LABEL["tumour"],
+                "background": BACKGROUND_LABEL}
 
 
 class KitsCaseError(InputError):
@@ -83,7 +88,7 @@ class KitsDataset:
             self._cases[folder.name] = KitsCase(folder.name, folder, img if img.exists() else None,
                                                 found[0], found[1], self)
         if not self._cases:
-            expected = "segmentation.nii.gz or aggregated_MAJ_seg.nii.gz" if layout == "auto" else SEG_FILES[layout]
+            expected = " or ".join(dict.fromkeys(SEG_FILES.values())) if layout == "auto" else SEG_FILES[layout]
             raise InputError(f"The folder {self.root} holds no KiTS cases (case_*/{expected}).")
         self.case_ids: list[str] = list(self._cases)
 
@@ -107,7 +112,9 @@ class KitsDataset:
         if lo < 0 or hi > 3:
             raise KitsCaseError(f"The segmentation of {case_id} holds label {hi if hi > 3 else lo}, "
                                 "outside the KiTS labels 0-3.")
-        lut = np.array([0, 1, 2, CYST_TARGETS[self.cyst_as]], np.uint8)
+        # KiTS stores 0 background, 1 kidney, 2 tumour, 3 cyst
+        lut = np.array([BACKGROUND_LABEL, KITS_LABEL["kidney"], KITS_LABEL["tumour"], CYST_TARGETS[self.cyst_as]],
+                       np.uint8)
         return lut[a]
 
     def load(self, case_id: str) -> tuple[Volume | None, Volume]:
@@ -170,3 +177,34 @@ def split_cases(case_ids, val_fraction: float = 0.2, seed: int = 0) -> tuple[lis
     val = sorted(ids[i] for i in order[:n_val])
     train = sorted(ids[i] for i in order[n_val:])
     return train, val
+
+
+def case_folder_name(case_id) -> str:
+    """A case's folder in the layout: ``7`` -> ``case_00007``; ``case_x`` stays; ``x`` -> ``case_x``."""
+    s = str(case_id)
+    if s.startswith("case_"):
+        return s
+    return f"case_{int(s):05d}" if s.isdigit() else f"case_{s}"
+
+
+def write_case_files(case_dir: Path, ct: Volume, labels: Volume, layout: str = "kits19") -> None:
+    """The image and the segmentation (uint8, name by ``layout``) of one case into ``case_dir``,
+    both with the volumes' own geometry, so reading them back gives the same grids."""
+    write_volume(ct, case_dir / IMAGE_FILE)
+    write_volume(labels.with_array(np.asarray(labels.array).astype(np.uint8)), case_dir / SEG_FILES[layout])
+
+
+def write_kits_case(folder: str | os.PathLike, case_id: str, ct: Volume, labels: Volume,
+                    layout: str = "kits19") -> Path:
+    """Write ``case_XXXXX/imaging.nii.gz`` and the segmentation (name by ``layout``) under ``folder``.
+
+    Both files keep the volumes' own geometry, so reading them back gives the same grids.
+    """
+    if layout not in SEG_FILES:
+        raise ValueError(f"layout must be one of {tuple(SEG_FILES)}, got {layout!r}")
+    if not ct.same_grid(labels):
+        raise ValueError("ct and labels must share one grid (shape, spacing, origin, direction)")
+    case = Path(folder) / case_folder_name(case_id)
+    case.mkdir(parents=True, exist_ok=True)
+    write_case_files(case, ct, labels, layout)
+    return case

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .terminology import SIDES
 from .volume import Volume
 
 
@@ -42,7 +43,7 @@ def side_measurements(structures: dict[str, np.ndarray], grid: Volume) -> dict[s
     """
     out: dict[str, dict] = {}
     voxel_ml = grid.voxel_volume_ml
-    for side in ("right", "left"):
+    for side in SIDES:
         kidney = structures.get(f"kidney_{side}")
         tumour = structures.get(f"tumour_{side}")
         if kidney is None and tumour is None:

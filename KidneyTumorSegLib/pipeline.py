@@ -159,7 +159,7 @@ class Pipeline:
         lo_c = np.min(starts, axis=0)
         hi_c = np.max(starts, axis=0) + np.asarray(patch)
         origin = anchor + lo_c[::-1] * seg_sp
-        # [issue 6] slab by slab on extracted regions: no whole-scan float32 copy (memory.py).
+        # slab by slab on extracted regions: no whole-scan float32 copy (memory.py).
         canvas = memory.resample_box_chunked(volume, origin, tuple((hi_c - lo_c)[::-1]), tuple(seg_sp))
         canvas_img = preprocess.normalise_hu(canvas.array, self.config.preprocess)
         self._clock.lap("preprocess")
@@ -181,8 +181,8 @@ class Pipeline:
     def _back_to_input(self, labels: np.ndarray, canvas: Volume, volume: Volume) -> np.ndarray:
         """Region and tumour masks resampled (trilinear, threshold 0.5) onto the input grid.
 
-        Only the input voxels under the canvas are resampled, one slab at a time ([issue 6]
-        ``memory.masks_onto_grid``), which keeps this cheap and bounded on big scans.
+        Only the input voxels under the canvas are resampled, one slab at a time
+        (``memory.masks_onto_grid``), which keeps this cheap and bounded on big scans.
         """
         nz, ny, nx = canvas.array.shape
         corners = np.array([[i, j, k] for i in (0, nx - 1) for j in (0, ny - 1) for k in (0, nz - 1)], float)
@@ -230,7 +230,7 @@ class Pipeline:
 
         loc_sp = cfg.localiser_grid.spacing_mm
         loc_origin, loc_size = preprocess.canonical_box(volume, loc_sp)
-        loc_hu = memory.resample_box_chunked(volume, loc_origin, loc_size, loc_sp)  # [issue 6] bounded
+        loc_hu = memory.resample_box_chunked(volume, loc_origin, loc_size, loc_sp)  # slab by slab: bounded memory
         loc = preprocess.normalise_hu(loc_hu.array, cfg.preprocess)
         self._clock.lap("preprocess")
         progress(0.1, "Finding the kidneys' slices")
@@ -283,7 +283,7 @@ class Pipeline:
             log.warning(unreliable)
         report = {
             "sides": sides,
-            "kidney_found": bool(structures),  # [issue 6] an empty result says so in the report
+            "kidney_found": bool(structures),  # an empty result says so in the report
             "z_range_mm": None
             if zr is None
             else [round(loc_hu.origin[2] + k * loc_hu.spacing[2], 1) for k in (zr[0], zr[1] - 1)],

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .terminology import KITS_LABEL
 from .volume import Volume
 
-KIDNEY, TUMOUR = 1, 2
-SIDES = ("right", "left")
+KIDNEY, TUMOUR = KITS_LABEL["kidney"], KITS_LABEL["tumour"]
 
 
 @dataclass

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .io import atomic_output
+from .terminology import SIDES
 
 
 def write_report(report: dict, path: str | os.PathLike) -> Path:
@@ -26,7 +27,7 @@ def summary_text(report: dict) -> str:
     sides = report.get("sides", {})
     if not sides:
         lines.append(NO_KIDNEY)
-    for side in ("right", "left"):
+    for side in SIDES:
         s = sides.get(side)
         if not s:
             continue

@@ -55,7 +55,11 @@ KIDNEY_RGB = (185, 102, 83)  # Slicer's colour for kidney (General Anatomy / DIC
 TUMOUR_RGB = (128, 230, 128)  # "Tumor" in Slicer's built-in "Labels" colour table
 
 STRUCTURE_KEYS = ("kidney_right", "kidney_left", "tumour_right", "tumour_left")
-# KiTS label value each structure comes from (0 background, 1 kidney, 2 tumour).
+# The patient's sides, in catalogue order (right before left).
+SIDES = ("right", "left")
+# The label values of every label map this package reads, writes and trains on (the KiTS values):
+# 0 background, 1 kidney, 2 tumour.
+BACKGROUND_LABEL = 0
 KITS_LABEL = {"kidney": 1, "tumour": 2}
 
 
@@ -120,7 +124,7 @@ class Structure:
 
 def _build() -> dict[str, Structure]:
     out = {}
-    for side in ("right", "left"):
+    for side in SIDES:
         side_code = SIDE_CODES[side]
         out[f"kidney_{side}"] = Structure(
             key=f"kidney_{side}",

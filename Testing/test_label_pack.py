@@ -17,7 +17,8 @@ from KidneyTumorSegLib.config import ModelConfig
 from KidneyTumorSegLib.errors import InputError
 from KidneyTumorSegLib.phantoms import PhantomConfig, make_phantom
 from KidneyTumorSegLib.phantoms.scanner import draw_scanner
-from KidneyTumorSegLib.training.sources import PackedPhantomSource, PhantomSource, write_label_pack
+from KidneyTumorSegLib.training.label_pack import PackedPhantomSource, write_label_pack
+from KidneyTumorSegLib.training.sources import PhantomSource
 from KidneyTumorSegLib.volume import Volume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def test_a_pack_trains_where_simpleitk_cannot_be_imported(pack, tmp_path):
         "import sys\n"
         "try:\n    import SimpleITK\nexcept ImportError:\n    print('no SimpleITK')\n"
         "from KidneyTumorSegLib.config import ModelConfig\n"
-        "from KidneyTumorSegLib.training.sources import PackedPhantomSource\n"
+        "from KidneyTumorSegLib.training.label_pack import PackedPhantomSource\n"
         f"case = PackedPhantomSource({str(folder)!r}, seed=3).build('proc_0000', ModelConfig.tiny())\n"
         "print(case.segmenter.labels.max(), case.localiser.image.dtype)\n"
     )
@@ -215,7 +216,7 @@ def test_trainer_starts_fine_tuning_from_the_given_weights(tmp_path):
     from KidneyTumorSegLib.weights import seeded_bundle
 
     start = seeded_bundle(TINY, seed=9)
-    from KidneyTumorSegLib.training.sources import CachedCase, CaseArrays
+    from KidneyTumorSegLib.training.working_grids import CachedCase, CaseArrays
 
     arrays = CaseArrays(np.zeros((8, 8, 8), np.float16), np.zeros((8, 8, 8), np.uint8), (6.0, 6.0, 6.0), (0.0, 0.0, 0.0))
     cases = [CachedCase("c", arrays, arrays)]

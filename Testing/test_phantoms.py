@@ -11,6 +11,7 @@ from scipy import ndimage as ndi
 
 from KidneyTumorSegLib.errors import InputError
 from KidneyTumorSegLib.io import read_volume
+from KidneyTumorSegLib.kits import write_kits_case
 from KidneyTumorSegLib.phantoms import (
     KITS19_DIRECTION,
     PHASES,
@@ -18,7 +19,6 @@ from KidneyTumorSegLib.phantoms import (
     PhantomConfig,
     make_phantom,
     procedural_labels,
-    write_kits_case,
 )
 from KidneyTumorSegLib.phantoms import tissues as ts
 from KidneyTumorSegLib.phantoms.intensity import tissue_range

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from KidneyTumorSegLib.training.sampling import PatchSampler
-from KidneyTumorSegLib.training.sources import CachedCase, CaseArrays
 from KidneyTumorSegLib.training.transforms import AugmentConfig, simulate_thick_slices, thick_slices
+from KidneyTumorSegLib.training.working_grids import CachedCase, CaseArrays
 
 
 def test_anything_constant_along_z_is_unchanged():

@@ -18,11 +18,19 @@ import torch
 from KidneyTumorSegLib.config import ModelConfig
 from KidneyTumorSegLib.training import losses, transforms
 from KidneyTumorSegLib.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from KidneyTumorSegLib.training.metrics import dice, false_tumour, plot_curves, read_csv, segmentation_dice, write_csv
+from KidneyTumorSegLib.training.metrics import (
+    dice,
+    false_tumour,
+    plot_curves,
+    read_csv,
+    segmentation_dice,
+    write_csv,
+)
 from KidneyTumorSegLib.training.sampling import PatchSampler, ZSliceSampler
 from KidneyTumorSegLib.training.schedule import PlateauSchedule, ScheduleConfig
-from KidneyTumorSegLib.training.sources import CachedCase, CaseArrays, split_ids
+from KidneyTumorSegLib.training.split import split_ids
 from KidneyTumorSegLib.training.transforms import AugmentConfig, SpatialParams
+from KidneyTumorSegLib.training.working_grids import CachedCase, CaseArrays
 
 
 # --- helpers ---------------------------------------------------------------------------------------

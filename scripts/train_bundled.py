@@ -70,7 +70,7 @@ def heldout_ids(all_ids: list[str], n: int) -> list[str]:
 
 def make_split(pool: list[str], args) -> dict:
     """Case-level split of the non-held-out masks plus the procedural anatomies."""
-    from KidneyTumorSegLib.training.sources import split_ids
+    from KidneyTumorSegLib.training.split import split_ids
 
     train_m, val_m = split_ids(pool, val_fraction=args.val_cases / max(1, len(pool)), seed=args.seed)
     train_m = train_m[: args.train_cases]
@@ -83,7 +83,8 @@ def write_pack(args) -> int:
     """Labels of every non-held-out mask and procedural anatomy on the working grids (needs
     SimpleITK and the masks); the held-out masks are left out of the pack altogether."""
     from KidneyTumorSegLib.training.cli import model_config
-    from KidneyTumorSegLib.training.sources import PhantomSource, write_label_pack
+    from KidneyTumorSegLib.training.label_pack import write_label_pack
+    from KidneyTumorSegLib.training.sources import PhantomSource
 
     masks = PhantomSource.masks_in(args.masks)
     ids = sorted(masks)
@@ -142,6 +143,7 @@ def main(argv=None) -> int:
     from KidneyTumorSegLib.device import resolve_device
     from KidneyTumorSegLib.errors import InputError
     from KidneyTumorSegLib.training import NETWORKS
+    from KidneyTumorSegLib.training.case_cache import load_cases
     from KidneyTumorSegLib.training.cli import (
         ProgressBar,
         epoch_line,
@@ -149,15 +151,11 @@ def main(argv=None) -> int:
         parse_networks,
         write_run_bundle,
     )
+    from KidneyTumorSegLib.training.label_pack import PackedPhantomSource
     from KidneyTumorSegLib.training.loop import Trainer, TrainOptions
     from KidneyTumorSegLib.training.schedule import ScheduleConfig
-    from KidneyTumorSegLib.training.sources import (
-        MultiSource,
-        PackedPhantomSource,
-        PhantomSource,
-        load_cases,
-        with_variants,
-    )
+    from KidneyTumorSegLib.training.sources import MultiSource, PhantomSource
+    from KidneyTumorSegLib.training.split import with_variants
 
     t0 = time.time()
     device = resolve_device(args.device)
@@ -195,7 +193,7 @@ def main(argv=None) -> int:
         split["train"] = with_variants(split["train"], args.variants)
         split["excluded"] = heldout
     (out / "heldout.json").write_text(json.dumps({"heldout": heldout, "rule": "every 7th case from case_00003"}))
-    from KidneyTumorSegLib.training.sources import split_group
+    from KidneyTumorSegLib.training.split import split_group
 
     used = {split_group(c) for c in split["train"] + split["val"]}
     assert not used & set(heldout), "held-out cases leaked into the split"

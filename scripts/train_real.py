@@ -73,12 +73,13 @@ def main(argv=None) -> int:
     from KidneyTumorSegLib.config import ModelConfig
     from KidneyTumorSegLib.labelled_scans import find_scans
     from KidneyTumorSegLib.training import NETWORKS
+    from KidneyTumorSegLib.training.case_cache import load_cases
     from KidneyTumorSegLib.training.cli import ProgressBar, epoch_line, parse_networks, write_run_bundle
     from KidneyTumorSegLib.training.distributed import SINGLE
     from KidneyTumorSegLib.training.loop import Trainer, TrainOptions
     from KidneyTumorSegLib.training.real_sources import RealBodySource, RealScanSource
     from KidneyTumorSegLib.training.schedule import ScheduleConfig
-    from KidneyTumorSegLib.training.sources import MultiSource, load_cases
+    from KidneyTumorSegLib.training.sources import MultiSource
     from KidneyTumorSegLib.training.transforms import AugmentConfig
 
     t0 = time.time()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from ..terminology import SIDES
+
 # (report key, column name, unit, description); the first column is the side.
 COLUMNS = (
     ("kidney_without_tumour_ml", "Kidney (without tumor) volume", "mL", "Kidney tissue without its tumors"),
@@ -17,7 +19,6 @@ COLUMNS = (
     ("tumour_count", "Tumor count", "", "Number of separate tumors"),
 )
 SIDE_COLUMN = "Side"
-SIDES = ("right", "left")
 
 
 def column_title(name: str, unit: str) -> str:

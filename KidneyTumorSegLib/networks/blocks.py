@@ -57,14 +57,23 @@ def make_norm(norm: str | None, spatial_dims: int, channels: int) -> nn.Module:
     raise ValueError(f"unknown normalisation '{norm}'")
 
 
+# Negative slope of each activation: the activation uses it and He initialisation must assume it.
+ACT_SLOPES = {"relu": 0.0, "leakyrelu": 0.01}
+
+
+def act_slope(act: str | None) -> float:
+    """The negative slope of activation ``act`` (0 for ReLU and for no activation)."""
+    return ACT_SLOPES.get(act, 0.0)
+
+
 def make_act(act: str | None) -> nn.Module:
-    """Activation by name: ``relu``, ``leakyrelu`` (slope 0.01) or ``None``."""
+    """Activation by name: ``relu``, ``leakyrelu`` (slope ``ACT_SLOPES["leakyrelu"]``) or ``None``."""
     if act is None or act == "none":
         return nn.Identity()
     if act == "relu":
         return nn.ReLU(inplace=True)
     if act == "leakyrelu":
-        return nn.LeakyReLU(0.01, inplace=True)
+        return nn.LeakyReLU(ACT_SLOPES["leakyrelu"], inplace=True)
     raise ValueError(f"unknown activation '{act}'")
 
 

@@ -18,12 +18,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ConvNormAct, MultiScaleResBlock, UpSample, conv, init_conv_weights, pad_to_multiple
+from .blocks import (
+    ConvNormAct,
+    MultiScaleResBlock,
+    UpSample,
+    act_slope,
+    conv,
+    init_conv_weights,
+    pad_to_multiple,
+)
 
 KIDNEY_CHANNEL = 0  # kidney including tumour
 TUMOUR_CHANNEL = 1
-
-_SLOPE = {"leakyrelu": 0.01, "relu": 0.0}
 
 
 def deep_path_key(source: int, target: int) -> str:
@@ -73,7 +79,7 @@ class MRBNet(nn.Module):
                         3, widths[source], widths[target], 2 ** (source - target)
                     )
         self.head = conv(3, widths[0], out_channels, 1)
-        init_conv_weights(self, negative_slope=_SLOPE.get(act, 0.0))
+        init_conv_weights(self, negative_slope=act_slope(act))
 
     @property
     def divisor(self) -> int:

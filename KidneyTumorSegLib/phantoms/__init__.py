@@ -5,7 +5,7 @@
     ct, info = make_phantom(labels, seed=0)
 """
 
-from .generator import PhantomConfig, make_phantom, write_kits_case
+from .generator import PhantomConfig, make_phantom
 from .intensity import PHASES
 from .procedural import KITS19_DIRECTION, procedural_labels
 from .tissues import TISSUE_NAMES
@@ -17,5 +17,4 @@ __all__ = [
     "PhantomConfig",
     "make_phantom",
     "procedural_labels",
-    "write_kits_case",
 ]

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KidneyTumorSegError
+from ..kits import write_kits_case
 from ..volume import Volume
-from .generator import PhantomConfig, make_phantom, write_kits_case
+from .generator import PhantomConfig, make_phantom
 from .intensity import PHASES
 from .procedural import KITS19_DIRECTION, procedural_labels
 

@@ -9,15 +9,12 @@ noise is added.  The labels themselves are never touched.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import InputError
-from ..io import write_volume
 from ..volume import Volume
 from . import tissues as ts
 from .anatomy import build_anatomy
@@ -167,29 +164,3 @@ def make_phantom(labels: Volume, seed: int, config: PhantomConfig | None = None)
         info["tissue_map"] = tmap
     return labels.with_array(out), info
 
-
-def _case_dir(case_id) -> str:
-    s = str(case_id)
-    if s.startswith("case_"):
-        return s
-    return f"case_{int(s):05d}" if s.isdigit() else f"case_{s}"
-
-
-SEG_NAMES = {"kits19": "segmentation.nii.gz", "kits21": "aggregated_MAJ_seg.nii.gz", "kits23": "segmentation.nii.gz"}
-
-
-def write_kits_case(folder: str | os.PathLike, case_id: str, ct: Volume, labels: Volume,
-                    layout: str = "kits19") -> Path:
-    """Write ``case_XXXXX/imaging.nii.gz`` and the segmentation (name by ``layout``) under ``folder``.
-
-    Both files keep the volumes' own geometry, so reading them back gives the same grids.
-    """
-    if layout not in SEG_NAMES:
-        raise ValueError(f"layout must be one of {tuple(SEG_NAMES)}, got {layout!r}")
-    if not ct.same_grid(labels):
-        raise ValueError("ct and labels must share one grid (shape, spacing, origin, direction)")
-    case = Path(folder) / _case_dir(case_id)
-    case.mkdir(parents=True, exist_ok=True)
-    write_volume(ct, case / "imaging.nii.gz")
-    write_volume(labels.with_array(labels.array.astype(np.uint8)), case / SEG_NAMES[layout])
-    return case

@@ -210,10 +210,11 @@ def _build_source(args, cases, exclude):
 def run_train(args) -> int:
     import torch
 
+    from .case_cache import load_cases
     from .distributed import barrier, cleanup, init_from_env
     from .loop import Trainer, TrainOptions
     from .schedule import ScheduleConfig
-    from .sources import load_cases, split_ids
+    from .split import split_ids
     from .transforms import AugmentConfig
 
     if args.threads:

@@ -23,7 +23,7 @@ from ..config import ModelConfig
 from ..volume import Volume
 from .metrics import false_tumour, segmentation_dice
 from .real_sources import mask_of
-from .sources import stable_seed
+from .seeds import stable_seed
 
 DEFAULT_GRID_MM = (1.5, 1.5, 3.0)
 EVAL_SEED_OFFSET = 100_000  # procedural held-out seeds never collide with training ones

@@ -49,11 +49,13 @@ from .distributed import (
     wrap_model,
 )
 from .losses import loss_for
-from .metrics import dice_from_counts, plot_curves, write_csv
+from .metrics import plot_curves, write_csv
 from .sampling import PatchSampler, XYSliceSampler, ZSliceSampler, fixed_samples, slice_size_px
 from .schedule import PlateauSchedule, ScheduleConfig, make_optimizer
-from .sources import CachedCase, stable_seed
+from .seeds import stable_seed
 from .transforms import AugmentConfig
+from .validation import Validation, ValidationCounts
+from .working_grids import CachedCase
 
 log = logging.getLogger("KidneyTumorSeg")
 Progress = Callable[[float, str], None]
@@ -109,6 +111,47 @@ def _cpu_state(model) -> dict:
     return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
 
 
+@dataclass
+class NetworkState:
+    """One network's training as a checkpoint holds it and each epoch advances it."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: PlateauSchedule
+    scaler: torch.amp.GradScaler
+    epoch: int = 0
+    elapsed: float = 0.0  # seconds trained, over every session of the run
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None  # CPU weights of the best validation epoch
+    start_val: Validation | None = None  # fine-tuning: the starting weights' validation, the mark to beat
+
+    def has_work(self, epochs: int, budget: float | None) -> bool:
+        """Whether the (new) options leave this network more to do; a finished network resumes only then."""
+        return not (self.schedule.should_stop or self.epoch >= epochs or (budget is not None and self.elapsed >= budget))
+
+
+@dataclass
+class EpochFeed:
+    """What every epoch of one network draws on."""
+
+    model: torch.nn.Module  # the model as trained (DDP-wrapped when data-parallel)
+    loss_fn: Callable
+    stream: SampleStream
+    loader: torch.utils.data.DataLoader
+    steps: int  # optimiser steps per epoch on this rank
+    val_set: list  # this rank's share of the fixed validation samples
+    val_batch: int
+
+
+@dataclass
+class EpochSteps:
+    """The optimiser steps of one epoch."""
+
+    started: float  # perf_counter at the epoch's start
+    losses: list[float] = field(default_factory=list)  # one per batch
+    out_of_time: bool = False  # the time budget ran out during the epoch
+
+
 class Trainer:
     """Trains the networks of ``cfg`` on cached cases; see the module docstring for the layout."""
 
@@ -149,11 +192,15 @@ class Trainer:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume:  # keep the history of every network already in the run folder
             for name in NETWORKS:
-                path = self.ckpt_dir / f"{name}.last.safetensors"
+                path = self._checkpoint(name, "last")
                 if path.exists():
                     self.histories[name] = list(load_checkpoint(path)["history"])
 
     # --- pieces -------------------------------------------------------------------------------
+    def _checkpoint(self, name: str, which: str) -> Path:
+        """``checkpoints/<net>.last.safetensors`` (resumable state) or ``.best`` (best weights)."""
+        return self.ckpt_dir / f"{name}.{which}.safetensors"
+
     def _sampler(self, name: str, cases: list[CachedCase], aug: AugmentConfig):
         cfg, o = self.cfg, self.opts
         if name == "segmenter":
@@ -188,72 +235,69 @@ class Trainer:
         plot_curves(self.run_dir / "curves.png", rows)
 
     @torch.no_grad()
-    def validate(self, name: str, model, samples, loss_fn, batch_size: int) -> dict:
+    def validate(self, name: str, model, samples, loss_fn, batch_size: int) -> Validation:
         """Validation loss and scores over this rank's share, summed over all ranks."""
         model.eval()
-        totals = np.zeros(9)  # loss*n, n, correct, [inter, pred, truth] x 2 channels
+        counts = ValidationCounts()
         for x, y in batches(samples, batch_size):
             x, y = x.to(self.device), y.to(self.device)
             with autocast(self.device) if self.amp else contextlib.nullcontext():
                 out = unwrap(model)(x)
-            loss = float(loss_fn(out, y))
             pred = (out.float() >= 0).float()  # sigmoid >= 0.5
-            n = x.shape[0]
-            totals[0] += loss * n
-            totals[1] += n
-            if name == "z_localiser":
-                totals[2] += float((pred == y).sum())
-            else:
-                for c in range(pred.shape[1]):
-                    totals[3 + 3 * c] += float((pred[:, c] * y[:, c]).sum())
-                    totals[4 + 3 * c] += float(pred[:, c].sum())
-                    totals[5 + 3 * c] += float(y[:, c].sum())
-        totals = np.asarray(all_reduce_sum(list(totals), self.ctx, self.device))
-        n = max(1.0, totals[1])
-        result = {"val_loss": totals[0] / n, "val_dice_kidney": None, "val_dice_tumour": None, "val_accuracy": None}
-        if name == "z_localiser":
-            result["val_accuracy"] = totals[2] / n
-        else:
-            result["val_dice_kidney"] = dice_from_counts(*totals[3:6])
-            if name == "segmenter":
-                result["val_dice_tumour"] = dice_from_counts(*totals[6:9])
-        return result
+            counts.add(name, float(loss_fn(out, y)), pred, y)
+        return counts.summed(self.ctx, self.device).scores(name)
 
     # --- one network --------------------------------------------------------------------------
     def train_network(self, name: str, index: int, spent_before: float) -> dict:
+        """Train one network until its epochs, its schedule or its share of the time budget end."""
+        state = self._restore(name)
+        self.histories[name] = state.history
+        budget = self._budget_for(name, spent_before)
+        if not state.has_work(self.opts.epochs, budget):
+            return self._finish(name, state.model, state, budget)
+        feed = self._feed(name, index, state.model)
+        if name in self.init_states and state.epoch == 0:
+            state.start_val = self.validate(name, feed.model, feed.val_set, feed.loss_fn, feed.val_batch)
+        while state.epoch < self.opts.epochs:
+            steps = self._train_epoch(name, state, feed, budget)
+            row, improved = self._score_epoch(name, state, feed, steps)
+            self._save_epoch(name, state, feed, row, improved, steps.out_of_time)
+            if state.schedule.should_stop or steps.out_of_time:
+                break
+        return self._finish(name, feed.model, state, budget)
+
+    def _restore(self, name: str) -> NetworkState:
+        """The network (seeded, or from the fine-tuning weights) with a fresh optimiser, schedule and
+        scaler, or, on resume, all of them as the last checkpoint left them (RNG states included)."""
         o = self.opts
-        ctx = self.ctx
-        last_path = self.ckpt_dir / f"{name}.last.safetensors"
-        best_path = self.ckpt_dir / f"{name}.best.safetensors"
         model = self._build(name).to(self.device)
         optimizer = make_optimizer(model.parameters(), o.schedule)
-        schedule = PlateauSchedule(optimizer, o.schedule)
-        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        epoch, elapsed, done, history = 0, 0.0, False, []
-        best_state = None
-        start_val = None  # fine-tuning: the starting weights' validation, the mark to beat
-        if self.resume and last_path.exists():
-            state = load_checkpoint(last_path)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
-            epoch, elapsed, done = int(state["epoch"]), float(state["elapsed_s"]), bool(state["done"])
-            history = list(state["history"])
-            start_val = state.get("start_val")
-            if best_path.exists():
-                best_state = load_checkpoint(best_path)["model"]
-        self.histories[name] = history
-        budget = self._budget_for(name, spent_before)
-        del done  # a finished network resumes only if the new options leave it more to do
-        if schedule.should_stop or epoch >= o.epochs or (budget is not None and elapsed >= budget):
-            return self._finish(name, model, best_state, history, epoch, elapsed, schedule, budget, True, start_val)
+        state = NetworkState(model, optimizer, PlateauSchedule(optimizer, o.schedule),
+                             torch.amp.GradScaler("cuda", enabled=self.amp))
+        last_path, best_path = self._checkpoint(name, "last"), self._checkpoint(name, "best")
+        if not (self.resume and last_path.exists()):
+            return state
+        saved = load_checkpoint(last_path)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state.schedule.load_state_dict(saved["schedule"])
+        if saved.get("scaler"):
+            state.scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])
+        state.epoch, state.elapsed = int(saved["epoch"]), float(saved["elapsed_s"])
+        state.history = list(saved["history"])
+        if saved.get("start_val") is not None:
+            state.start_val = Validation.from_row(saved["start_val"])
+        if best_path.exists():
+            state.best_state = load_checkpoint(best_path)["model"]
+        return state
 
+    def _feed(self, name: str, index: int, model: torch.nn.Module) -> EpochFeed:
+        """The wrapped model, loss, training batch stream and fixed validation samples of ``name``."""
+        o, ctx = self.opts, self.ctx
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        ddp = wrap_model(model, ctx, self.device)
+        model = wrap_model(model, ctx, self.device)
         loss_fn = loss_for(name)
         bs = int(o.batch_size.get(name, DEFAULT_BATCH[name]))
         train_sampler = self._sampler(name, self.train_cases, o.augment)
@@ -263,93 +307,107 @@ class Trainer:
         steps = max(1, math.ceil(o.steps_per_epoch / ctx.world_size))
         stream = SampleStream(train_sampler, steps, bs, (o.seed, index), rank=ctx.rank)
         loader = make_loader(stream, o.workers, pin_memory=self.device.type == "cuda")
-        n_nets = len(o.networks)
+        return EpochFeed(model, loss_fn, stream, loader, steps, val_set, max(bs, 2))
+
+    def _train_epoch(self, name: str, state: NetworkState, feed: EpochFeed, budget: float | None) -> EpochSteps:
+        """One epoch's optimiser steps, stopped early (on every rank alike) when the budget runs out."""
+        o, ctx = self.opts, self.ctx
+        steps = EpochSteps(started=time.perf_counter())
+        torch.manual_seed(stable_seed(o.seed, name, state.epoch, ctx.rank))
+        feed.stream.set_epoch(state.epoch)
+        feed.model.train()
+        for step, (x, y) in enumerate(feed.loader):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            steps.losses.append(train_step(feed.model, x, y, feed.loss_fn, state.optimizer, state.scaler, self.device,
+                                           self.amp, o.grad_clip))
+            now = state.elapsed + time.perf_counter() - steps.started
+            self._report_step(name, state.epoch, step, feed.steps, steps.losses, now, budget)
+            if budget is not None:
+                steps.out_of_time = broadcast_flag(now >= budget, ctx, self.device)
+                if steps.out_of_time:
+                    break
+        return steps
+
+    def _report_step(self, name: str, epoch: int, step: int, steps: int, losses: list[float], now: float,
+                     budget: float | None) -> None:
+        """Progress over all networks of the run: epochs done or budget spent, whichever is further."""
+        o = self.opts
         pos = o.networks.index(name) if name in o.networks else 0
-        out_of_time = False
-        if name in self.init_states and epoch == 0:
-            start_val = self.validate(name, ddp, val_set, loss_fn, max(bs, 2))
+        frac_epochs = (epoch + (step + 1) / steps) / o.epochs
+        frac = max(frac_epochs, now / budget if budget else 0.0)
+        self.progress(
+            (pos + min(1.0, frac)) / len(o.networks),
+            f"{name} epoch {epoch + 1} step {step + 1}/{steps} loss {np.mean(losses[-20:]):.4f}",
+        )
 
-        while epoch < o.epochs and not out_of_time:
-            t_epoch = time.perf_counter()
-            torch.manual_seed(stable_seed(o.seed, name, epoch, ctx.rank))
-            stream.set_epoch(epoch)
-            ddp.train()
-            losses = []
-            for step, (x, y) in enumerate(loader):
-                x = x.to(self.device, non_blocking=True)
-                y = y.to(self.device, non_blocking=True)
-                losses.append(train_step(ddp, x, y, loss_fn, optimizer, scaler, self.device, self.amp, o.grad_clip))
-                now = elapsed + time.perf_counter() - t_epoch
-                frac_epochs = (epoch + (step + 1) / steps) / o.epochs
-                frac = max(frac_epochs, now / budget if budget else 0.0)
-                self.progress(
-                    (pos + min(1.0, frac)) / n_nets,
-                    f"{name} epoch {epoch + 1} step {step + 1}/{steps} loss {np.mean(losses[-20:]):.4f}",
-                )
-                if budget is not None:
-                    out_of_time = broadcast_flag(now >= budget, ctx, self.device)
-                    if out_of_time:
-                        break
-            val = self.validate(name, ddp, val_set, loss_fn, max(bs, 2))
-            train_loss = all_reduce_sum([sum(losses), len(losses)], ctx, self.device)
-            lr_used = schedule.lr
-            improved = schedule.step(val["val_loss"])
-            elapsed += time.perf_counter() - t_epoch
-            epoch += 1
-            row = {
-                "network": name,
-                "epoch": epoch,
-                "lr": lr_used,
-                "train_loss": train_loss[0] / max(1.0, train_loss[1]),
-                **val,
-                "seconds": round(elapsed, 1),
-            }
-            history.append(row)
-            if improved:
-                best_state = _cpu_state(ddp)
-                if ctx.is_main:
-                    save_checkpoint(best_path, {"network": name, "epoch": epoch, "model": best_state, "metrics": row})
-            done = schedule.should_stop or epoch >= o.epochs or out_of_time
+    def _score_epoch(self, name: str, state: NetworkState, feed: EpochFeed, steps: EpochSteps) -> tuple[dict, bool]:
+        """Validate, step the schedule and append the epoch's history row; returns (row, improved)."""
+        val = self.validate(name, feed.model, feed.val_set, feed.loss_fn, feed.val_batch)
+        loss_sum, batches_done = all_reduce_sum([sum(steps.losses), len(steps.losses)], self.ctx, self.device)
+        lr_used = state.schedule.lr
+        improved = state.schedule.step(val.loss)
+        state.elapsed += time.perf_counter() - steps.started
+        state.epoch += 1
+        row = {
+            "network": name,
+            "epoch": state.epoch,
+            "lr": lr_used,
+            "train_loss": loss_sum / max(1.0, batches_done),
+            **val.row(),
+            "seconds": round(state.elapsed, 1),
+        }
+        state.history.append(row)
+        return row, improved
+
+    def _save_epoch(self, name: str, state: NetworkState, feed: EpochFeed, row: dict, improved: bool,
+                    out_of_time: bool) -> None:
+        """The best weights when the epoch improved, the resumable state, metrics.csv and curves."""
+        ctx = self.ctx
+        if improved:
+            state.best_state = _cpu_state(feed.model)
             if ctx.is_main:
-                save_checkpoint(
-                    last_path,
-                    {
-                        "network": name,
-                        "epoch": epoch,
-                        "done": done,
-                        "elapsed_s": elapsed,
-                        "model": _cpu_state(ddp),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "scaler": scaler.state_dict() if self.amp else {},
-                        "rng": rng_state(),
-                        "history": history,
-                        "start_val": start_val,
-                        "options": o.to_dict(),
-                    },
-                )
-            self._write_metrics()
-            self.on_epoch(row)
-            barrier(ctx)
-            if schedule.should_stop:
-                break
-        return self._finish(name, ddp, best_state, history, epoch, elapsed, schedule, budget, True, start_val)
+                save_checkpoint(self._checkpoint(name, "best"),
+                                {"network": name, "epoch": state.epoch, "model": state.best_state, "metrics": row})
+        done = state.schedule.should_stop or state.epoch >= self.opts.epochs or out_of_time
+        if ctx.is_main:
+            save_checkpoint(
+                self._checkpoint(name, "last"),
+                {
+                    "network": name,
+                    "epoch": state.epoch,
+                    "done": done,
+                    "elapsed_s": state.elapsed,
+                    "model": _cpu_state(feed.model),
+                    "optimizer": state.optimizer.state_dict(),
+                    "schedule": state.schedule.state_dict(),
+                    "scaler": state.scaler.state_dict() if self.amp else {},
+                    "rng": rng_state(),
+                    "history": state.history,
+                    "start_val": None if state.start_val is None else state.start_val.row(),
+                    "options": self.opts.to_dict(),
+                },
+            )
+        self._write_metrics()
+        self.on_epoch(row)
+        barrier(ctx)
 
-    def _finish(self, name, model, best_state, history, epoch, elapsed, schedule, budget, done, start_val=None) -> dict:
+    def _finish(self, name: str, model, state: NetworkState, budget: float | None) -> dict:
         """The network's result: its best-validation weights, or, when fine-tuning never beat the
         weights it started from on the same validation samples, those starting weights."""
-        state = best_state if best_state is not None else _cpu_state(model)
+        schedule, history, start_val = state.schedule, state.history, state.start_val
+        weights = state.best_state if state.best_state is not None else _cpu_state(model)
         best_row = min(history, key=lambda r: r["val_loss"]) if history else {}
-        kept_start = start_val is not None and (not best_row or start_val["val_loss"] <= best_row["val_loss"])
+        kept_start = start_val is not None and (not best_row or start_val.loss <= best_row["val_loss"])
         if kept_start:
-            state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).clone()
-                     for k, v in self.init_states[name].items()}
+            weights = {k: (v.detach().float() if v.is_floating_point() else v.detach()).clone()
+                       for k, v in self.init_states[name].items()}
         reason = schedule.stop_reason or (
-            "time budget spent" if budget is not None and elapsed >= budget else f"{epoch} epochs done"
+            "time budget spent" if budget is not None and state.elapsed >= budget else f"{state.epoch} epochs done"
         )
         summary = {
-            "epochs": epoch,
-            "seconds": round(elapsed, 1),
+            "epochs": state.epoch,
+            "seconds": round(state.elapsed, 1),
             "stop_reason": reason,
             "best_epoch": best_row.get("epoch"),
             "best_val_loss": best_row.get("val_loss"),
@@ -359,11 +417,11 @@ class Trainer:
             "final_lr": schedule.lr,
         }
         if start_val is not None:
-            summary["start_val_loss"] = start_val["val_loss"]
+            summary["start_val_loss"] = start_val.loss
             summary["kept_starting_weights"] = bool(kept_start)
         self.summaries[name] = summary
         self._write_metrics()
-        return {"state_dict": state, "summary": summary}
+        return {"state_dict": weights, "summary": summary}
 
     # --- everything ---------------------------------------------------------------------------
     def run(self) -> dict[str, dict]:

@@ -20,7 +20,10 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import InputError
 from ..volume import Volume
-from .sources import VARIANT_SEP, CachedCase, CaseSource, grid_arrays, segmenter_margin_zyx, stable_seed
+from .seeds import stable_seed
+from .sources import CaseSource
+from .split import VARIANT_SEP
+from .working_grids import CachedCase, grid_arrays, segmenter_margin_zyx
 
 BODY_SEP = "@"
 REPEAT_SEP = "~r"

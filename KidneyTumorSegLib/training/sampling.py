@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sources import CachedCase, CaseArrays
 from .transforms import (
     IDENTITY,
     AugmentConfig,
@@ -37,6 +36,7 @@ from .transforms import (
     sampling_coords,
     simulate_thick_slices,
 )
+from .working_grids import CachedCase, CaseArrays
 
 KIND_TUMOUR, KIND_KIDNEY, KIND_RANDOM, KIND_POSITIVE, KIND_NEGATIVE, KIND_ANY = (
     "tumour",
