@@ -1,4 +1,4 @@
-"""Memory: what a run will need, what the computer has, and resampling that never copies a whole scan.
+"""The memory budget: what a run will need, what the computer has, and refusing up front what cannot fit.
 
 A clinician's workstation may hold a 4 GB scan in a fraction of its memory, but a naive pipeline
 makes several whole-volume copies (a SimpleITK image, a float32 cast, float32 results) and is killed
@@ -8,9 +8,10 @@ by the operating system half-way, losing the user's time. Here:
   container's cgroup limit, the address-space limit, and ``KIDNEY_TUMOR_SEG_MEMORY_LIMIT``);
 - :func:`estimate_run_bytes` predicts a run's peak from the image's size (known from the file's
   header before any voxel is read) and the model configuration;
-- :func:`check_run_fits` refuses up front, in one sentence, a run that cannot fit;
-- :func:`resample_box_chunked` and :func:`masks_onto_grid` resample slab by slab on extracted
-  regions, so the working memory of resampling stays bounded whatever the scan's size.
+- :func:`check_run_fits` refuses up front, in one sentence, a run that cannot fit.
+
+The budget counts on :mod:`.resampling` working slab by slab (at most ``SLAB_VOXELS`` input voxels
+at a time), so the working memory of resampling stays bounded whatever the scan's size.
 """
 
 from __future__ import annotations
@@ -23,12 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, NotEnoughMemoryError  # noqa: F401  (re-exported for callers)
-from .volume import Volume
+from .resampling import SLAB_VOXELS
 
 GB = 1024.0**3
 MEMORY_LIMIT_ENV = "KIDNEY_TUMOR_SEG_MEMORY_LIMIT"
-#: Input voxels one resampling slab may touch: 16 Mi voxels = 32 MB of int16 plus 64 MB of float32.
-SLAB_VOXELS = 16 * 1024 * 1024
 #: Interpreter, torch, SimpleITK, scipy and the weights loaded, before any image (measured: 0.40 GB).
 BASE_BYTES = int(0.5 * GB)
 
@@ -211,151 +210,3 @@ def check_run_fits(size_xyz, spacing_xyz, bytes_per_voxel: int, config, source, 
             f"Segmenting {source} ({shown} voxels) needs about {_fmt_gb(est.total)} of memory, {_shortfall(have)}."
         )
     return est
-
-
-# --- resampling in slabs ---------------------------------------------------------------------------
-def _shrink_factors(volume: Volume, spacing_mm) -> list[int]:
-    """The BinShrink factors :func:`preprocess.resample_box` applies (1 where it applies none)."""
-    axis_aligned = np.allclose(np.abs(volume.direction), np.eye(3), atol=1e-3)
-    factors = [max(1, int(math.floor(t / s))) for t, s in zip(spacing_mm, volume.spacing)]
-    return factors if axis_aligned and max(factors) >= 2 else [1, 1, 1]
-
-
-def _input_box(volume: Volume, out_origin, out_size, out_spacing, pad: list[int], align: list[int]):
-    """Input index box ``[lo, hi)`` (i, j, k) holding every input voxel the output box can touch."""
-    corners = np.array(
-        [[i, j, k] for i in (0, out_size[0] - 1) for j in (0, out_size[1] - 1) for k in (0, out_size[2] - 1)],
-        dtype=np.float64,
-    )
-    phys = np.asarray(out_origin, dtype=np.float64) + corners * np.asarray(out_spacing, dtype=np.float64)
-    ijk = volume.physical_to_index(phys)
-    size = np.asarray(volume.size_xyz)
-    lo = np.floor(ijk.min(axis=0)).astype(np.int64) - np.asarray(pad)
-    hi = np.ceil(ijk.max(axis=0)).astype(np.int64) + 1 + np.asarray(pad)
-    lo = np.clip(lo, 0, size)
-    lo -= lo % np.asarray(align)  # BinShrink bins must start where the whole image's bins start
-    hi = np.clip(hi, 0, size)
-    return lo, hi
-
-
-def _sub_volume(volume: Volume, lo, hi) -> Volume:
-    """The input voxels in ``[lo, hi)`` (a view, not a copy) with their own origin."""
-    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1]))
-    return Volume(volume.array[sl], volume.spacing, volume.index_to_physical(np.asarray(lo, float)),
-                  volume.direction)
-
-
-def resample_box_chunked(
-    volume: Volume,
-    origin_xyz,
-    size_xyz,
-    spacing_mm,
-    interpolator: str = "linear",
-    default_value: float = -1024.0,
-    output_dtype=None,
-    slab_voxels: int | None = None,
-) -> Volume:
-    """:func:`preprocess.resample_box`, computed tile by tile of the output grid.
-
-    The output box is halved (along z, then y) until the input region a tile can touch (with the
-    interpolation and block-averaging margin, block boundaries aligned with the whole image's)
-    holds at most ``slab_voxels`` voxels; each tile then gives the same values as the whole-volume
-    call, while no more than one tile's input is ever copied or cast to float32.
-    """
-    from .preprocess import resample_box
-
-    slab_voxels = slab_voxels or SLAB_VOXELS
-    size_xyz = tuple(int(s) for s in size_xyz)
-    spacing_mm = tuple(float(s) for s in spacing_mm)
-    origin_xyz = np.asarray(origin_xyz, dtype=np.float64)
-    if volume.array.size <= slab_voxels:
-        return resample_box(volume, origin_xyz, size_xyz, spacing_mm, interpolator, default_value, output_dtype)
-    factors = _shrink_factors(volume, spacing_mm) if interpolator == "linear" else [1, 1, 1]
-    pad = [2 * f + 2 for f in factors]
-    nx, ny, nz = size_xyz
-    if output_dtype is not None:
-        dtype = np.dtype(output_dtype)
-    elif interpolator == "linear":  # what resample_box returns: float32, or float64 kept as it is
-        dtype = np.dtype(np.float64 if volume.array.dtype == np.float64 else np.float32)
-    else:
-        dtype = volume.array.dtype
-    out = np.empty((nz, ny, nx), dtype=dtype)
-
-    def region(z0, z1, y0, y1):
-        tile_origin = origin_xyz + np.array([0.0, y0 * spacing_mm[1], z0 * spacing_mm[2]])
-        tile_size = (nx, y1 - y0, z1 - z0)
-        lo, hi = _input_box(volume, tile_origin, tile_size, spacing_mm, pad, factors)
-        return tile_origin, tile_size, lo, hi, int(np.prod(np.maximum(hi - lo, 0)))
-
-    tiles = [(0, nz, 0, ny)]  # (z0, z1, y0, y1) of the output, halved until each input region fits
-    while tiles:
-        z0, z1, y0, y1 = tiles.pop()
-        tile_origin, tile_size, lo, hi, need = region(z0, z1, y0, y1)
-        if need > slab_voxels:
-            # Halve along whichever of z and y shrinks the input region more, while that still pays
-            # (an oblique scan's thinnest slab spans its tilt: splitting on would only add calls).
-            best = None
-            for axis in ("z", "y"):
-                a0, a1 = (z0, z1) if axis == "z" else (y0, y1)
-                if a1 - a0 < 2:
-                    continue
-                m = (a0 + a1) // 2
-                halves = [(z0, m, y0, y1), (m, z1, y0, y1)] if axis == "z" else [(z0, z1, y0, m), (z0, z1, m, y1)]
-                largest = max(region(*h)[4] for h in halves)
-                if best is None or largest < best[0]:
-                    best = (largest, halves)
-            if best is not None and best[0] <= 0.9 * need:
-                tiles += best[1][::-1]
-                continue
-        part = None
-        if need > 0:
-            part = resample_box(_sub_volume(volume, lo, hi), tile_origin, tile_size, spacing_mm,
-                                interpolator, default_value, output_dtype).array
-        out[z0:z1, y0:y1] = default_value if part is None else part
-    return Volume(out, spacing_mm, tuple(origin_xyz), np.eye(3))
-
-
-def masks_onto_grid(
-    masks: list[tuple[int, np.ndarray]],
-    source: Volume,
-    target: Volume,
-    out: np.ndarray,
-    box_lo=None,
-    box_hi=None,
-    slab_voxels: int | None = None,
-) -> np.ndarray:
-    """Paint ``value`` into ``out`` wherever a mask (on ``source``'s grid) covers ``target``'s voxels.
-
-    Each mask is resampled trilinearly and thresholded at 0.5 (a partial-volume-correct surface),
-    one target slab at a time inside the index box ``[box_lo, box_hi)`` (i, j, k), so no whole-scan
-    float32 array is ever made. Later masks overwrite earlier ones (kidney, then tumour).
-    """
-    import SimpleITK as sitk
-
-    slab_voxels = slab_voxels or SLAB_VOXELS
-    size = np.asarray(target.size_xyz)
-    lo = np.zeros(3, np.int64) if box_lo is None else np.asarray(box_lo, np.int64)
-    hi = size if box_hi is None else np.asarray(box_hi, np.int64)
-    if np.any(hi <= lo):
-        return out
-    per_slice = int((hi[0] - lo[0]) * (hi[1] - lo[1]))
-    step = max(1, slab_voxels // max(1, per_slice))
-    images = []
-    for value, mask in masks:
-        image = sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=np.float32))
-        image.SetSpacing(source.spacing)
-        image.SetOrigin(source.origin)
-        image.SetDirection(tuple(source.direction.flatten()))
-        images.append((value, image))
-    for k0 in range(int(lo[2]), int(hi[2]), step):
-        k1 = min(int(hi[2]), k0 + step)
-        slab_lo = np.array([lo[0], lo[1], k0])
-        ref = sitk.Image([int(hi[0] - lo[0]), int(hi[1] - lo[1]), k1 - k0], sitk.sitkUInt8)
-        ref.SetSpacing(target.spacing)
-        ref.SetOrigin(tuple(target.index_to_physical(slab_lo.astype(float))))
-        ref.SetDirection(tuple(target.direction.flatten()))
-        view = out[k0:k1, lo[1] : hi[1], lo[0] : hi[0]]
-        for value, image in images:
-            res = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-            view[sitk.GetArrayViewFromImage(res) >= 0.5] = value
-    return out

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import contrast, localisation, memory, patches, postprocess, preprocess
+from . import contrast, localisation, patches, postprocess, preprocess, resampling
 from .checks import check_ct_volume
 from .device import autocast, free_cuda_memory, is_out_of_memory, resolve_device
 from .errors import Cancelled
@@ -159,8 +159,8 @@ class Pipeline:
         lo_c = np.min(starts, axis=0)
         hi_c = np.max(starts, axis=0) + np.asarray(patch)
         origin = anchor + lo_c[::-1] * seg_sp
-        # slab by slab on extracted regions: no whole-scan float32 copy (memory.py).
-        canvas = memory.resample_box_chunked(volume, origin, tuple((hi_c - lo_c)[::-1]), tuple(seg_sp))
+        # slab by slab on extracted regions: no whole-scan float32 copy
+        canvas = resampling.resample_box_chunked(volume, origin, tuple((hi_c - lo_c)[::-1]), tuple(seg_sp))
         canvas_img = preprocess.normalise_hu(canvas.array, self.config.preprocess)
         self._clock.lap("preprocess")
         stitcher = patches.Stitcher(2, canvas_img.shape, patch)
@@ -181,16 +181,12 @@ class Pipeline:
     def _back_to_input(self, labels: np.ndarray, canvas: Volume, volume: Volume) -> np.ndarray:
         """Region and tumour masks resampled (trilinear, threshold 0.5) onto the input grid.
 
-        Only the input voxels under the canvas are resampled, one slab at a time
-        (``memory.masks_onto_grid``), which keeps this cheap and bounded on big scans.
+        Only the input voxels under the canvas are resampled, one slab at a time, which keeps this
+        cheap and bounded on big scans.
         """
-        nz, ny, nx = canvas.array.shape
-        corners = np.array([[i, j, k] for i in (0, nx - 1) for j in (0, ny - 1) for k in (0, nz - 1)], float)
-        ijk = volume.physical_to_index(canvas.index_to_physical(corners))
-        lo = np.clip(np.floor(ijk.min(0)).astype(int) - 1, 0, None)
-        hi = np.minimum(np.ceil(ijk.max(0)).astype(int) + 2, volume.size_xyz)
         out = np.zeros(volume.array.shape, np.uint8)
-        return memory.masks_onto_grid([(1, labels > 0), (2, labels == 2)], canvas, volume, out, lo, hi)
+        lo, hi = resampling.index_box_under(canvas, volume)
+        return resampling.masks_onto_grid([(1, labels > 0), (2, labels == 2)], canvas, volume, out, lo, hi)
 
     def _structures_and_sides(self, labels: Volume, midline_x: float | None):
         """Per-side structures and their measurements, computed on the labels' bounding box only.
@@ -229,8 +225,8 @@ class Pipeline:
         progress(0.0, "Preparing the image")
 
         loc_sp = cfg.localiser_grid.spacing_mm
-        loc_origin, loc_size = preprocess.canonical_box(volume, loc_sp)
-        loc_hu = memory.resample_box_chunked(volume, loc_origin, loc_size, loc_sp)  # slab by slab: bounded memory
+        loc_origin, loc_size = resampling.canonical_box(volume, loc_sp)
+        loc_hu = resampling.resample_box_chunked(volume, loc_origin, loc_size, loc_sp)
         loc = preprocess.normalise_hu(loc_hu.array, cfg.preprocess)
         self._clock.lap("preprocess")
         progress(0.1, "Finding the kidneys' slices")

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from .errors import InputError
 from .io import atomic_output
-from .memory import resample_box_chunked
+from .resampling import AIR_HU, resample_box_chunked
 from .volume import Volume
 
 KIDNEY_RGB = (185, 102, 83)
@@ -56,7 +56,7 @@ def _plane(ct: Volume, labels: Volume, point, axis: int, pixel: float):
     origin[axis] = point[axis]
     size[axis] = 1
     # Only the slab of the scan the plane passes through is copied (large scans stay cheap).
-    img = resample_box_chunked(ct, origin, size, spacing, "linear", -1024.0).array
+    img = resample_box_chunked(ct, origin, size, spacing, "linear", AIR_HU).array
     lab = resample_box_chunked(labels, origin, size, spacing, "nearest", 0).array
     if axis == 2:
         return img[0], lab[0]

@@ -12,6 +12,7 @@ Slicer works in RAS; the MRML bridge converts (negate the first two physical axe
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,29 @@ def _as_direction(direction) -> np.ndarray:
     if d.size != 9:
         raise ValueError("direction must hold 9 values (a 3 x 3 matrix)")
     return d.reshape(3, 3)
+
+
+def grid_corner_points(origin, spacing, size_xyz, direction=None) -> np.ndarray:
+    """Physical LPS points (8, 3) of the eight corner voxel centres of a grid (identity direction
+    unless given): what decides which part of another grid this one can touch."""
+    corners = np.array(list(itertools.product(*((0, int(n) - 1) for n in size_xyz))), dtype=np.float64)
+    direction = np.eye(3) if direction is None else _as_direction(direction)
+    return corners @ (direction @ np.diag(np.asarray(spacing, np.float64))).T + np.asarray(origin, np.float64)
+
+
+def signed_permutation(direction) -> list[tuple[int, float]] | None:
+    """For each index axis (i, j, k): (physical axis, sign) when the direction is axis-aligned
+    (e.g. KiTS19's I-P-L), None when it is oblique."""
+    d = np.asarray(direction, float)
+    out = []
+    for c in range(3):
+        p = int(np.argmax(np.abs(d[:, c])))
+        if abs(abs(d[p, c]) - 1.0) > 1e-6:
+            return None
+        out.append((p, float(np.sign(d[p, c]))))
+    if len({p for p, _ in out}) != 3:
+        return None
+    return out
 
 
 @dataclass
@@ -73,11 +97,13 @@ class Volume:
         inv = np.linalg.inv(self.direction @ np.diag(self.spacing))
         return (xyz - np.asarray(self.origin)) @ inv.T
 
+    def corner_points(self) -> np.ndarray:
+        """Physical LPS points (8, 3) of the eight corner voxel centres."""
+        return grid_corner_points(self.origin, self.spacing, self.size_xyz, self.direction)
+
     def physical_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Axis-aligned LPS bounding box (min, max) of the voxel centres."""
-        nx, ny, nz = self.size_xyz
-        corners = np.array([[i, j, k] for i in (0, nx - 1) for j in (0, ny - 1) for k in (0, nz - 1)])
-        pts = self.index_to_physical(corners)
+        pts = self.corner_points()
         return pts.min(axis=0), pts.max(axis=0)
 
     def same_grid(self, other: Volume, tol: float = 1e-4) -> bool:

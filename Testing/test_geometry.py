@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KidneyTumorSegLib import preprocess
+from KidneyTumorSegLib import preprocess, resampling
 from KidneyTumorSegLib.errors import InputError
 from KidneyTumorSegLib.io import read_volume, write_volume
 from KidneyTumorSegLib.volume import Volume
@@ -52,7 +52,7 @@ def test_kits19_style_ipl_orientation_is_honoured(tmp_path):
     arr[3, 0, 0] = 1  # k=3 (left-most), j=0, i=0 (most superior)
     vol = Volume(arr, (2.0, 0.8, 0.8), (0.0, 0.0, 0.0), direction)
     back = read_volume(write_volume(vol, tmp_path / "seg.nii.gz"))
-    canon = preprocess.to_canonical(back, (0.8, 0.8, 2.0), "nearest", 0)
+    canon = resampling.to_canonical(back, (0.8, 0.8, 2.0), "nearest", 0)
     # In canonical LPS the marker is at the greatest x (left), least y, greatest z (superior).
     z, y, x = np.argwhere(canon.array == 1)[0]
     assert x == canon.array.shape[2] - 1 and y == 0 and z == canon.array.shape[0] - 1
@@ -67,11 +67,11 @@ def test_resample_onto_lands_exactly_on_an_oblique_anisotropic_grid():
     dist = np.linalg.norm(pts - centre, axis=1).reshape(ref.array.shape)
     truth = dist <= 9.0
     # ... and the same ball drawn on a fine canonical grid, then brought back.
-    canon = preprocess.to_canonical(ref, (0.5, 0.5, 0.5), "nearest", 0)
+    canon = resampling.to_canonical(ref, (0.5, 0.5, 0.5), "nearest", 0)
     k2, j2, i2 = np.meshgrid(*[np.arange(n) for n in canon.array.shape], indexing="ij")
     pts2 = canon.index_to_physical(np.stack([i2, j2, k2], -1).reshape(-1, 3).astype(float))
     fine = (np.linalg.norm(pts2 - centre, axis=1) <= 9.0).reshape(canon.array.shape)
-    back = preprocess.resample_onto(canon.with_array(fine.astype(np.float32)), ref, "linear")
+    back = resampling.resample_onto(canon.with_array(fine.astype(np.float32)), ref, "linear")
     assert back.same_grid(ref)
     wrong = (back.array >= 0.5) != truth
     assert truth.sum() > 50

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..resampling import labels_on_grid
 from ..volume import Volume
 from . import tissues as ts
 from .body import make_body
@@ -18,7 +19,6 @@ from .canvas import Canvas
 from .layout import make_layout
 from .muscles import paint_back_muscles, paint_layers
 from .organs import paint_organs
-from .resample import labels_on_grid
 from .shapes import Grid
 from .skeleton import paint_skeleton
 from .vessels import paint_vessels

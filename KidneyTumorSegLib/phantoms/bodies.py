@@ -119,7 +119,7 @@ def _axis_fit(src: np.ndarray, dst: np.ndarray) -> tuple[float, float]:
 def complete_organ_map(organs: Volume, scheme: str, donor: Body, spacing_mm=(2.0, 2.0, 2.0), name: str = "") -> Body:
     """An organ-only map (``scheme``: ``btcv`` or ``amos``) completed with ``donor``'s other structures,
     on a canonical grid at ``spacing_mm`` covering the organ map. Ids are TotalSegmentator's."""
-    from ..preprocess import to_canonical
+    from ..resampling import to_canonical
 
     table = ORGAN_SCHEMES[scheme]
     ts_ids = {v: k for k, v in donor.names.items()}

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..volume import Volume
-from .resample import signed_permutation
+from ..volume import Volume, signed_permutation
 
 
 def canonical(vol: Volume) -> tuple[np.ndarray, tuple[float, float, float]]:

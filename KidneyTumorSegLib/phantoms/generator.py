@@ -15,12 +15,12 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import InputError
+from ..resampling import to_reference
 from ..volume import Volume
 from . import tissues as ts
 from .anatomy import build_anatomy
 from .intensity import PHASES, apply_global, draw_intensities
 from .renal import label_box, render_kidneys
-from .resample import to_reference
 from .scanner import add_noise, bias_field, blur_coarse, draw_scanner, streaks
 from .shapes import smooth_noise
 

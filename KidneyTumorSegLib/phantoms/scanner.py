@@ -99,7 +99,7 @@ def add_noise(ct: np.ndarray, slice_axis: int, sc: ScannerDraw, rng: np.random.G
     White noise is drawn at half the in-plane resolution, band-pass filtered there and linearly
     upsampled: the grain of filtered back-projection at a quarter of the cost of full resolution.
     """
-    from .shapes import lerp_axis
+    from ..resampling import lerp_axis
 
     v = np.moveaxis(ct, slice_axis, 0)
     n1, n2 = v.shape[1:]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..resampling import lerp_axis
+
 
 @dataclass
 class Grid:
@@ -134,22 +136,6 @@ def tube(grid: Grid, points, radius, pad: float = 0.0):
             q /= np.float32(ra) + t * np.float32(rb - ra)
         np.minimum(best[sub], q, out=best[sub])
     return sl, best
-
-
-def lerp_axis(a: np.ndarray, f: np.ndarray, axis: int) -> np.ndarray:
-    """Linear interpolation of ``a`` along ``axis`` at continuous indices ``f`` (clamped at the ends)."""
-    n = a.shape[axis]
-    i0 = np.clip(np.floor(f).astype(np.int64), 0, max(n - 2, 0))
-    w = np.clip(f - i0, 0.0, 1.0).astype(np.float32)
-    i1 = np.minimum(i0 + 1, n - 1)
-    shape = [1] * a.ndim
-    shape[axis] = -1
-    lo = np.take(a, i0, axis=axis)
-    hi = np.take(a, i1, axis=axis)
-    hi -= lo
-    hi *= w.reshape(shape)
-    lo += hi
-    return lo
 
 
 def smooth_noise(rng: np.random.Generator, shape, sigma_vox, dtype=np.float32) -> np.ndarray:

@@ -33,7 +33,7 @@ def mask_phantom(mask_path, case_id: str, seed: int, grid_mm=DEFAULT_GRID_MM, ph
     """(ct, truth) for one mask: the mask resampled by nearest onto a CT-like grid, a phantom around it."""
     from ..io import read_volume
     from ..phantoms import make_phantom
-    from ..preprocess import to_canonical
+    from ..resampling import to_canonical
 
     mask = read_volume(mask_path)
     mask = mask.with_array(np.asarray(mask.array).astype(np.uint8))

@@ -47,7 +47,7 @@ def kits_on_grid(path: Path, spacing_mm) -> tuple[Volume, float]:
     import json
 
     from ..io import read_volume
-    from ..preprocess import to_canonical
+    from ..resampling import to_canonical
 
     mask = read_volume(path)
     mask = mask.with_array(np.where(np.asarray(mask.array) == 3, 1, mask.array).astype(np.uint8))
@@ -162,7 +162,7 @@ class RealScanSource(CaseSource):
                 "mapping": repr(s.mapping), "bytes": s.image.stat().st_size}
 
     def build(self, case_id: str, cfg: ModelConfig) -> CachedCase:
-        from ..preprocess import AIR_HU
+        from ..resampling import AIR_HU
 
         name = case_id.split(REPEAT_SEP)[0]
         ct, labels = self.scans[name].load()

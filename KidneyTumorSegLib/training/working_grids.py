@@ -17,7 +17,8 @@ import numpy as np
 
 from ..config import ModelConfig, PreprocessConfig
 from ..errors import InputError
-from ..preprocess import AIR_HU, canonical_box, normalise_hu, resample_box
+from ..preprocess import normalise_hu
+from ..resampling import AIR_HU, canonical_box, resample_box
 from ..volume import Volume
 
 GRIDS = ("localiser", "segmenter")  # the two working grids, in the order a CachedCase holds them

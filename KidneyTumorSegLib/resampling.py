@@ -1,0 +1,373 @@
+"""Resampling: every move of an image or a label map from one voxel grid to another.
+
+The engine's working grids have identity direction (LPS-aligned), so axial slices are
+``array[k]`` and the x axis points to the patient's left, whatever the orientation of the input.
+
+- :func:`resample_box`, :func:`to_canonical`, :func:`resample_onto`: one SimpleITK call on the
+  whole volume (trilinear, after block averaging when the target grid is much coarser);
+- :func:`resample_box_chunked` and :func:`masks_onto_grid`: the same results, computed tile by tile
+  on extracted regions, so the working memory stays bounded whatever the scan's size (the engine
+  and the snapshot use these);
+- :func:`to_reference` and :func:`labels_on_grid`: the phantom painter's coarse LPS grid to and from
+  the caller's grid, separable (one 1D interpolation per axis) for axis-aligned directions.
+
+Outside the input, images read :data:`AIR_HU` and label maps 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .volume import Volume, grid_corner_points, signed_permutation
+
+#: What an image reads outside the scan: air, as scanners store it.
+AIR_HU = -1024.0
+#: Input voxels one resampling slab may touch: 16 Mi voxels = 32 MB of int16 plus 64 MB of float32.
+SLAB_VOXELS = 16 * 1024 * 1024
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+# --- grids -----------------------------------------------------------------------------------------
+def canonical_box(volume: Volume, spacing_mm) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Origin and size of an identity-direction grid at ``spacing_mm`` covering ``volume``.
+
+    The last voxel centre lies at or beyond the volume's last one, so nothing of the scan is lost.
+    """
+    lo, hi = volume.physical_bounds()
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    size = np.maximum(1, np.ceil((hi - lo) / spacing - 1e-6).astype(int) + 1)
+    return lo, tuple(int(s) for s in size)
+
+
+def index_box(volume: Volume, points_xyz, pad, align=1) -> tuple[np.ndarray, np.ndarray]:
+    """Index box ``[lo, hi)`` (i, j, k) of ``volume`` holding every voxel within ``pad`` voxels of the
+    physical points (a grid's corners), clipped to the volume; ``lo`` rounded down to a multiple of
+    ``align`` (where block averaging must start its blocks)."""
+    ijk = volume.physical_to_index(points_xyz)
+    size = np.asarray(volume.size_xyz)
+    lo = np.floor(ijk.min(axis=0)).astype(np.int64) - np.asarray(pad)
+    hi = np.ceil(ijk.max(axis=0)).astype(np.int64) + 1 + np.asarray(pad)
+    lo = np.clip(lo, 0, size)
+    lo -= lo % np.asarray(align)
+    hi = np.clip(hi, 0, size)
+    return lo, hi
+
+
+def shrink_factors(volume: Volume, spacing_mm) -> list[int]:
+    """Block-averaging factors (SimpleITK BinShrink) before a linear resampling onto ``spacing_mm``.
+
+    Only an axis-aligned scan going to a grid at least twice as coarse is averaged first (1 elsewhere),
+    so a 4 mm localiser grid from a 0.7 mm scan sees mean HU, not aliased noise.
+    """
+    axis_aligned = np.allclose(np.abs(volume.direction), np.eye(3), atol=1e-3)
+    factors = [max(1, int(math.floor(t / s))) for t, s in zip(spacing_mm, volume.spacing)]
+    return factors if axis_aligned and max(factors) >= 2 else [1, 1, 1]
+
+
+def _sitk_interpolator(interpolator: str):
+    import SimpleITK as sitk
+
+    return {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[interpolator]
+
+
+def _reference_image(grid: Volume):
+    """An empty SimpleITK image with ``grid``'s geometry: what a resampling is asked to fill."""
+    import SimpleITK as sitk
+
+    ref = sitk.Image([int(n) for n in grid.size_xyz], sitk.sitkUInt8)
+    ref.SetSpacing(grid.spacing)
+    ref.SetOrigin(grid.origin)
+    ref.SetDirection(tuple(grid.direction.flatten()))
+    return ref
+
+
+def _as_float(image):
+    import SimpleITK as sitk
+
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    return image
+
+
+# --- whole volume ----------------------------------------------------------------------------------
+def resample_box(
+    volume: Volume,
+    origin_xyz,
+    size_xyz,
+    spacing_mm,
+    interpolator: str = "linear",
+    default_value: float = AIR_HU,
+    output_dtype=None,
+) -> Volume:
+    """Resample ``volume`` onto an identity-direction grid (trilinear by default, after the
+    :func:`shrink_factors` block averaging)."""
+    import SimpleITK as sitk
+
+    image = volume.to_sitk()
+    if interpolator == "linear":
+        factors = shrink_factors(volume, spacing_mm)
+        if max(factors) >= 2:
+            image = sitk.BinShrink(image, factors)
+        image = _as_float(image)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetOutputOrigin(tuple(float(o) for o in origin_xyz))
+    resampler.SetOutputSpacing(tuple(float(s) for s in spacing_mm))
+    resampler.SetOutputDirection(IDENTITY)
+    resampler.SetSize(tuple(int(s) for s in size_xyz))
+    resampler.SetInterpolator(_sitk_interpolator(interpolator))
+    resampler.SetDefaultPixelValue(float(default_value))
+    out = sitk.GetArrayFromImage(resampler.Execute(image))
+    if output_dtype is not None:
+        out = out.astype(output_dtype, copy=False)
+    return Volume(out, tuple(spacing_mm), tuple(origin_xyz), np.eye(3))
+
+
+def to_canonical(volume: Volume, spacing_mm, interpolator: str = "linear", default_value=AIR_HU) -> Volume:
+    """The whole volume on an identity-direction grid at ``spacing_mm``."""
+    origin, size = canonical_box(volume, spacing_mm)
+    return resample_box(volume, origin, size, spacing_mm, interpolator, default_value)
+
+
+def resample_onto(volume: Volume, reference: Volume, interpolator: str = "linear", default_value=0.0) -> Volume:
+    """Resample ``volume`` onto ``reference``'s exact grid (any direction)."""
+    import SimpleITK as sitk
+
+    image = volume.to_sitk()
+    if interpolator == "linear":
+        image = _as_float(image)
+    out = sitk.Resample(image, _reference_image(reference), sitk.Transform(), _sitk_interpolator(interpolator), float(default_value),
+                        image.GetPixelID())
+    return reference.with_array(sitk.GetArrayFromImage(out))
+
+
+# --- tile by tile ----------------------------------------------------------------------------------
+def _sub_volume(volume: Volume, lo, hi) -> Volume:
+    """The input voxels in ``[lo, hi)`` (a view, not a copy) with their own origin."""
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1]))
+    return Volume(volume.array[sl], volume.spacing, volume.index_to_physical(np.asarray(lo, float)),
+                  volume.direction)
+
+
+def resample_box_chunked(
+    volume: Volume,
+    origin_xyz,
+    size_xyz,
+    spacing_mm,
+    interpolator: str = "linear",
+    default_value: float = AIR_HU,
+    output_dtype=None,
+    slab_voxels: int | None = None,
+) -> Volume:
+    """:func:`resample_box`, computed tile by tile of the output grid.
+
+    The output box is halved (along z, then y) until the input region a tile can touch (with the
+    interpolation and block-averaging margin, block boundaries aligned with the whole image's)
+    holds at most ``slab_voxels`` voxels; each tile then gives the same values as the whole-volume
+    call, while no more than one tile's input is ever copied or cast to float32.
+    """
+    slab_voxels = slab_voxels or SLAB_VOXELS
+    size_xyz = tuple(int(s) for s in size_xyz)
+    spacing_mm = tuple(float(s) for s in spacing_mm)
+    origin_xyz = np.asarray(origin_xyz, dtype=np.float64)
+    if volume.array.size <= slab_voxels:
+        return resample_box(volume, origin_xyz, size_xyz, spacing_mm, interpolator, default_value, output_dtype)
+    factors = shrink_factors(volume, spacing_mm) if interpolator == "linear" else [1, 1, 1]
+    pad = [2 * f + 2 for f in factors]
+    nx, ny, nz = size_xyz
+    if output_dtype is not None:
+        dtype = np.dtype(output_dtype)
+    elif interpolator == "linear":  # what resample_box returns: float32, or float64 kept as it is
+        dtype = np.dtype(np.float64 if volume.array.dtype == np.float64 else np.float32)
+    else:
+        dtype = volume.array.dtype
+    out = np.empty((nz, ny, nx), dtype=dtype)
+
+    def region(z0, z1, y0, y1):
+        tile_origin = origin_xyz + np.array([0.0, y0 * spacing_mm[1], z0 * spacing_mm[2]])
+        tile_size = (nx, y1 - y0, z1 - z0)
+        lo, hi = index_box(volume, grid_corner_points(tile_origin, spacing_mm, tile_size), pad, factors)
+        return tile_origin, tile_size, lo, hi, int(np.prod(np.maximum(hi - lo, 0)))
+
+    tiles = [(0, nz, 0, ny)]  # (z0, z1, y0, y1) of the output, halved until each input region fits
+    while tiles:
+        z0, z1, y0, y1 = tiles.pop()
+        tile_origin, tile_size, lo, hi, need = region(z0, z1, y0, y1)
+        if need > slab_voxels:
+            # Halve along whichever of z and y shrinks the input region more, while that still pays
+            # (an oblique scan's thinnest slab spans its tilt: splitting on would only add calls).
+            best = None
+            for axis in ("z", "y"):
+                a0, a1 = (z0, z1) if axis == "z" else (y0, y1)
+                if a1 - a0 < 2:
+                    continue
+                m = (a0 + a1) // 2
+                halves = [(z0, m, y0, y1), (m, z1, y0, y1)] if axis == "z" else [(z0, z1, y0, m), (z0, z1, m, y1)]
+                largest = max(region(*h)[4] for h in halves)
+                if best is None or largest < best[0]:
+                    best = (largest, halves)
+            if best is not None and best[0] <= 0.9 * need:
+                tiles += best[1][::-1]
+                continue
+        part = None
+        if need > 0:
+            part = resample_box(_sub_volume(volume, lo, hi), tile_origin, tile_size, spacing_mm,
+                                interpolator, default_value, output_dtype).array
+        out[z0:z1, y0:y1] = default_value if part is None else part
+    return Volume(out, spacing_mm, tuple(origin_xyz), np.eye(3))
+
+
+def index_box_under(grid: Volume, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """The index box of ``volume`` that ``grid`` covers, with the one voxel of margin a trilinear
+    sample needs: the only voxels a result on ``grid`` can change when brought onto ``volume``."""
+    return index_box(volume, grid.corner_points(), 1)
+
+
+def masks_onto_grid(
+    masks: list[tuple[int, np.ndarray]],
+    source: Volume,
+    target: Volume,
+    out: np.ndarray,
+    box_lo=None,
+    box_hi=None,
+    slab_voxels: int | None = None,
+) -> np.ndarray:
+    """Paint ``value`` into ``out`` wherever a mask (on ``source``'s grid) covers ``target``'s voxels.
+
+    Each mask is resampled trilinearly and thresholded at 0.5 (a partial-volume-correct surface),
+    one target slab at a time inside the index box ``[box_lo, box_hi)`` (i, j, k), so no whole-scan
+    float32 array is ever made. Later masks overwrite earlier ones (kidney, then tumour).
+    """
+    import SimpleITK as sitk
+
+    slab_voxels = slab_voxels or SLAB_VOXELS
+    size = np.asarray(target.size_xyz)
+    lo = np.zeros(3, np.int64) if box_lo is None else np.asarray(box_lo, np.int64)
+    hi = size if box_hi is None else np.asarray(box_hi, np.int64)
+    if np.any(hi <= lo):
+        return out
+    per_slice = int((hi[0] - lo[0]) * (hi[1] - lo[1]))
+    step = max(1, slab_voxels // max(1, per_slice))
+    images = [(value, source.with_array(np.ascontiguousarray(mask, dtype=np.float32)).to_sitk())
+              for value, mask in masks]
+    for k0 in range(int(lo[2]), int(hi[2]), step):
+        k1 = min(int(hi[2]), k0 + step)
+        ref = _reference_image(_sub_volume(target, [lo[0], lo[1], k0], [hi[0], hi[1], k1]))
+        view = out[k0:k1, lo[1] : hi[1], lo[0] : hi[0]]
+        for value, image in images:
+            res = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            view[sitk.GetArrayViewFromImage(res) >= 0.5] = value
+    return out
+
+
+# --- the phantom painter's coarse grid -------------------------------------------------------------
+# ``grid`` below is an axis-aligned LPS grid given by its voxel-centre coordinates per axis
+# (``grid.x``, ``grid.y``, ``grid.z``, as ``phantoms.shapes.Grid`` holds them), array order (z, y, x).
+def lerp_axis(a: np.ndarray, f: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of ``a`` along ``axis`` at continuous indices ``f`` (clamped at the ends)."""
+    n = a.shape[axis]
+    i0 = np.clip(np.floor(f).astype(np.int64), 0, max(n - 2, 0))
+    w = np.clip(f - i0, 0.0, 1.0).astype(np.float32)
+    i1 = np.minimum(i0 + 1, n - 1)
+    shape = [1] * a.ndim
+    shape[axis] = -1
+    lo = np.take(a, i0, axis=axis)
+    hi = np.take(a, i1, axis=axis)
+    hi -= lo
+    hi *= w.reshape(shape)
+    lo += hi
+    return lo
+
+
+def _grid_axes(grid):
+    return {0: grid.x, 1: grid.y, 2: grid.z}
+
+
+def _axis_positions(ref: Volume, grid):
+    """Per array axis of ``ref`` (k, j, i): the grid axis it runs along (in (z, y, x) order) and
+    the continuous grid index of every slice along it."""
+    perm = signed_permutation(ref.direction)
+    axes = _grid_axes(grid)
+    res = []
+    for arr_axis, c in enumerate((2, 1, 0)):  # array axis 0 is index axis k (c = 2)
+        p, _ = perm[c]
+        n = ref.array.shape[arr_axis]
+        coord = ref.origin[p] + ref.direction[p, c] * ref.spacing[c] * np.arange(n)
+        g = axes[p]
+        step = g[1] - g[0] if g.size > 1 else 1.0
+        res.append((2 - p, (coord - g[0]) / step))
+    return res
+
+
+def to_reference(field: np.ndarray, grid, ref: Volume, order: int = 1, out: np.ndarray | None = None,
+                 dtype=np.float32) -> np.ndarray:
+    """Sample a coarse (z, y, x) field at every voxel of ``ref`` (linear or nearest, clamped at the
+    grid's edges), slab by slab of ``ref``."""
+    from scipy import ndimage as ndi
+
+    shape = ref.array.shape
+    if out is None:
+        out = np.empty(shape, dtype)
+    perm = signed_permutation(ref.direction)
+    slab = max(1, SLAB_VOXELS // max(1, shape[1] * shape[2]))
+    if perm is not None:
+        pos = _axis_positions(ref, grid)
+        src = field.transpose([p[0] for p in pos])
+        if order == 0:
+            idx = [np.clip(np.rint(f).astype(np.int64), 0, src.shape[a] - 1) for a, (_, f) in enumerate(pos)]
+            for s in range(0, shape[0], slab):
+                out[s : s + slab] = src[np.ix_(idx[0][s : s + slab], idx[1], idx[2])]
+            return out
+        src = src.astype(np.float32, copy=False)
+        for s in range(0, shape[0], slab):
+            a = lerp_axis(src, pos[0][1][s : s + slab], 0)
+            a = lerp_axis(a, pos[1][1], 1)
+            out[s : s + slab] = lerp_axis(a, pos[2][1], 2)
+        return out
+    # oblique grid: physical point of every voxel -> continuous grid index
+    spc = np.array(grid.spacing)
+    g0 = np.array([grid.x[0], grid.y[0], grid.z[0]])
+    jj, ii = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
+    src = field.astype(np.float32, copy=False) if order else field
+    for s in range(0, shape[0], slab):
+        ks = np.arange(s, min(s + slab, shape[0]))
+        ijk = np.stack(np.broadcast_arrays(ii[None], jj[None], ks[:, None, None]), axis=-1).reshape(-1, 3)
+        xyz = ref.index_to_physical(ijk.astype(np.float64))
+        gi = (xyz - g0) / spc  # (x, y, z) grid index
+        vals = ndi.map_coordinates(src, [gi[:, 2], gi[:, 1], gi[:, 0]], order=order, mode="nearest")
+        out[s : s + len(ks)] = vals.reshape(len(ks), shape[1], shape[2])
+    return out
+
+
+def labels_on_grid(labels: Volume, grid) -> np.ndarray:
+    """Nearest-neighbour sample of a label map at the coarse grid's voxel centres (0 outside)."""
+    from scipy import ndimage as ndi
+
+    nz, ny, nx = grid.shape
+    out = np.zeros(grid.shape, np.uint8)
+    perm = signed_permutation(labels.direction)
+    if perm is not None:
+        axes = _grid_axes(grid)
+        idx = [None, None, None]  # grid axis (z, y, x) -> label index array & which label array axis
+        src_axis = [None, None, None]
+        for c in range(3):
+            p, _ = perm[c]
+            g = axes[p]
+            f = (g - labels.origin[p]) / (labels.direction[p, c] * labels.spacing[c])
+            ii = np.floor(f + 0.5 + 1e-6 * np.sign(labels.direction[p, c])).astype(np.int64)
+            idx[2 - p] = ii
+            src_axis[2 - p] = 2 - c  # array axis of index axis c
+        valid = [(ii >= 0) & (ii < labels.array.shape[src_axis[a]]) for a, ii in enumerate(idx)]
+        sub = labels.array.transpose(src_axis)
+        gz, gy, gx = (np.nonzero(v)[0] for v in valid)
+        if gz.size and gy.size and gx.size:
+            out[np.ix_(gz, gy, gx)] = sub[np.ix_(idx[0][gz], idx[1][gy], idx[2][gx])]
+        return out
+    Z, Y, X = np.meshgrid(grid.z, grid.y, grid.x, indexing="ij")
+    for s in range(nz):
+        pts = np.stack([X[s].ravel(), Y[s].ravel(), Z[s].ravel()], axis=1)
+        ijk = labels.physical_to_index(pts)
+        vals = ndi.map_coordinates(labels.array, [ijk[:, 2], ijk[:, 1], ijk[:, 0]], order=0, mode="constant", cval=0)
+        out[s] = vals.reshape(ny, nx)
+    return out
