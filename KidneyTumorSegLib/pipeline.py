@@ -3,14 +3,13 @@
 It only composes the stages (each a plain function elsewhere): input checks -> localiser grid ->
 z-localiser -> xy-localiser -> kidney boxes -> segmenter windows on a canvas around the boxes ->
 stitching -> post-processing -> labels back onto the input grid -> sides and measurements.
-Progress goes through a callback; cancellation through an event checked between batches.
+Each run has its own :class:`~.run_context.RunContext` (progress, cancel, warnings, clock, device),
+so a GPU that ran out of memory in one run is tried again in the next.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,15 +17,15 @@ import numpy as np
 from . import contrast, localisation, patches, postprocess, preprocess, resampling
 from .checks import check_ct_volume
 from .device import autocast, free_cuda_memory, is_out_of_memory, resolve_device
-from .errors import Cancelled
 from .measure import side_measurements
+from .run_context import Progress, RunContext
 from .volume import Volume
 from .weights import Bundle, load_bundle, networks_from_bundle
 
 log = logging.getLogger("KidneyTumorSeg")
-Progress = Callable[[float, str], None]
 
 NO_KIDNEY = "No kidney was found in this scan; the result is empty."
+GPU_FULL = "GPU out of memory: the run continued on the CPU."
 
 
 @dataclass
@@ -40,22 +39,25 @@ class SegmentationResult:
         return not bool(self.structures)
 
 
+@dataclass
+class KidneysFound:
+    """What the localisers found, on the localiser grid: one box per kidney, and the body's midline."""
+
+    grid: Volume  # the localiser grid, in HU
+    boxes: list = field(default_factory=list)  # localisation.Box, (z, y, x) indices of ``grid``
+    midline_mm: float | None = None  # LPS x
+
+    def z_range_mm(self) -> list[float] | None:
+        """The boxes' lowest and highest slice positions (LPS z, mm), None without a box."""
+        if not self.boxes:
+            return None
+        k0, k1 = min(b.lo[0] for b in self.boxes), max(b.hi[0] for b in self.boxes) - 1
+        return [round(self.grid.origin[2] + k * self.grid.spacing[2], 1) for k in (k0, k1)]
+
+
 def _x_index(x_mm: float | None, grid: Volume) -> float | None:
     """An LPS x (mm) as a (fractional) x index of a canonical grid, None passing through."""
     return None if x_mm is None else (x_mm - grid.origin[0]) / grid.spacing[0]
-
-
-class _Clock:
-    """Wall time per stage, for the report and the benchmarks."""
-
-    def __init__(self):
-        self.times: dict[str, float] = {}
-        self._t0 = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.times[name] = round(self.times.get(name, 0.0) + now - self._t0, 4)
-        self._t0 = now
 
 
 class Pipeline:
@@ -65,13 +67,12 @@ class Pipeline:
                  mirror_x: bool | None = None):
         self.bundle = bundle
         self.config = bundle.config
-        self.device = resolve_device(device)
         self.allow_non_ct = allow_non_ct
         self.batch_size = batch_size
         self.mirror_x = self.config.segmenter.mirror_x if mirror_x is None else bool(mirror_x)
         self.nets = networks_from_bundle(bundle)
-        for net in self.nets.values():
-            net.to(self.device)
+        self.configured_device = resolve_device(device)
+        self._place_networks(self.configured_device)
 
     @classmethod
     def from_weights(cls, weights=None, device: str = "auto", **kwargs) -> Pipeline:
@@ -79,70 +80,130 @@ class Pipeline:
         bundle = weights if isinstance(weights, Bundle) else load_bundle(weights)
         return cls(bundle, device=device, **kwargs)
 
-    # --- network calls with CUDA out-of-memory fallback -----------------------------------------
-    def _forward(self, name: str, batch: np.ndarray) -> np.ndarray:
+    # --- devices --------------------------------------------------------------------------------
+    @property
+    def device(self):
+        """Where the networks are: the configured device, or the CPU after a run that ran out of GPU
+        memory (until the next run, which starts on the configured device again)."""
+        return self._networks_on
+
+    @device.setter
+    def device(self, device) -> None:
+        """Run on ``device`` from the next run on."""
         import torch
 
-        for attempt in range(2):
-            try:
-                with torch.inference_mode(), autocast(self.device):
-                    x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-                    return torch.sigmoid(self.nets[name](x).float()).cpu().numpy()
-            except RuntimeError as err:
-                if attempt == 0 and self.device.type == "cuda" and is_out_of_memory(err):
-                    log.warning("The GPU ran out of memory; continuing on the CPU, which is slower.")
-                    self._warnings.append("GPU out of memory: the run continued on the CPU.")
-                    free_cuda_memory()
-                    self.device = resolve_device("cpu")
-                    for net in self.nets.values():
-                        net.to(self.device)
-                    continue
+        self.configured_device = torch.device(device)
+
+    def _place_networks(self, device) -> None:
+        for net in self.nets.values():
+            net.to(device)
+        self._networks_on = device
+
+    def _new_run(self, progress: Progress | None = None, cancel=None) -> RunContext:
+        """A fresh run on the configured device."""
+        if self._networks_on != self.configured_device:
+            self._place_networks(self.configured_device)
+        return RunContext(self.configured_device, progress, cancel)
+
+    # --- network calls, falling back to the CPU for the rest of a run when the GPU is full --------
+    def _call(self, name: str, batch: np.ndarray, device) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), autocast(device):
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+            return torch.sigmoid(self.nets[name](x).float()).cpu().numpy()
+
+    def _forward(self, ctx: RunContext, name: str, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self._call(name, batch, ctx.device)
+        except RuntimeError as err:
+            if ctx.device.type != "cuda" or not is_out_of_memory(err):
                 raise
-        raise AssertionError("unreachable")
-
-    def _batches(self, n: int, size: int):
-        for start in range(0, n, size):
-            self._check_cancel()
-            yield start, min(n, start + size)
-
-    def _check_cancel(self) -> None:
-        if self._cancel is not None and self._cancel.is_set():
-            raise Cancelled("The segmentation was cancelled; nothing was written.")
+        log.warning("The GPU ran out of memory; continuing on the CPU, which is slower.")
+        ctx.warnings.append(GPU_FULL)
+        free_cuda_memory()
+        ctx.device = resolve_device("cpu")
+        self._place_networks(ctx.device)
+        return self._call(name, batch, ctx.device)
 
     # --- stages ---------------------------------------------------------------------------------
-    def _z_probabilities(self, loc: np.ndarray) -> np.ndarray:
+    def _localiser_grid(self, ctx: RunContext, volume: Volume) -> tuple[Volume, np.ndarray]:
+        """The whole scan on the localisers' canonical grid: in HU, and in the networks' window."""
+        spacing = self.config.localiser_grid.spacing_mm
+        origin, size = resampling.canonical_box(volume, spacing)
+        grid = resampling.resample_box_chunked(volume, origin, size, spacing)
+        image = preprocess.normalise_hu(grid.array, self.config.preprocess)
+        ctx.clock.lap("preprocess")
+        return grid, image
+
+    def _locate_kidneys(self, ctx: RunContext, grid: Volume, image: np.ndarray) -> KidneysFound:
+        """z-localiser, then xy-localiser on the slices it chose: one box per kidney."""
+        cfg = self.config
+        ctx.progress(0.1, "Finding the kidneys' slices")
+        zprobs = self._z_probabilities(ctx, image)
+        slices = localisation.candidate_slices(zprobs, grid.spacing[2], cfg.z_localiser)
+        ctx.clock.lap("z_localiser")
+        found = KidneysFound(grid, [], postprocess.body_midline_x(grid))
+        if slices.any():
+            ctx.progress(0.25, "Finding the kidneys in the slices")
+            mask = self._xy_mask(ctx, image, slices)
+            candidates = localisation.kidney_candidates(mask, zprobs, grid.spacing, cfg.xy_localiser)
+            found.boxes = localisation.choose_kidney_boxes(candidates, _x_index(found.midline_mm, grid))
+            ctx.clock.lap("xy_localiser")
+        return found
+
+    def _z_probabilities(self, ctx: RunContext, loc: np.ndarray) -> np.ndarray:
         c = self.config.z_localiser.context_slices
         nz = loc.shape[0]
         probs = np.zeros(nz, np.float32)
-        for a, b in self._batches(nz, self.batch_size):
+        for a, b in ctx.batches(nz, self.batch_size):
             idx = np.clip(np.arange(a, b)[:, None] + np.arange(-c, c + 1)[None, :], 0, nz - 1)
-            probs[a:b] = self._forward("z_localiser", loc[idx]).reshape(-1)
+            probs[a:b] = self._forward(ctx, "z_localiser", loc[idx]).reshape(-1)
         return probs
 
-    def _xy_mask(self, loc: np.ndarray, slices: np.ndarray) -> np.ndarray:
+    def _xy_mask(self, ctx: RunContext, loc: np.ndarray, slices: np.ndarray) -> np.ndarray:
         """The xy-localiser's kidney mask on the chosen slices (``slices``: bool per slice)."""
         mask = np.zeros(loc.shape, bool)
         thr = self.config.xy_localiser.threshold
         ks = np.flatnonzero(slices)
-        for a, b in self._batches(ks.size, self.batch_size):
-            out = self._forward("xy_localiser", loc[ks[a:b], None])
+        for a, b in ctx.batches(ks.size, self.batch_size):
+            out = self._forward(ctx, "xy_localiser", loc[ks[a:b], None])
             mask[ks[a:b]] = out[:, 0] >= thr
         return mask
 
-    def _segmenter_probabilities(self, batch: np.ndarray) -> np.ndarray:
+    def _segment_kidneys(self, ctx: RunContext, volume: Volume, found: KidneysFound) -> Volume:
+        """Labels (0/1/2) on the input grid: segmenter windows around the boxes, post-processing on
+        the canvas, and the result brought back onto the scan's grid (empty without a box)."""
+        if not found.boxes:
+            return volume.with_array(np.zeros(volume.array.shape, np.uint8))
+        ctx.progress(0.4, f"Segmenting {len(found.boxes)} kidney region(s)")
+        probs, canvas = self._segment_boxes(ctx, volume, found.grid, found.boxes)
+        ctx.check_cancel()
+        canvas_labels = postprocess.labels_from_probabilities(
+            probs[0], probs[1], canvas.voxel_volume_ml, postprocess.PostprocessConfig.from_model(self.config),
+            _x_index(found.midline_mm, canvas))
+        ctx.clock.lap("postprocess")
+        ctx.progress(0.9, "Bringing the labels back onto the scan's grid")
+        labels = self._back_to_input(canvas_labels, canvas, volume)
+        ctx.clock.lap("resample_back")
+        return volume.with_array(labels)
+
+    def _segmenter_probabilities(self, batch: np.ndarray, ctx: RunContext | None = None) -> np.ndarray:
         """The segmenter's probabilities for a batch of windows; with ``mirror_x``, the mean of each
         window's and its left-right mirror's (test-time augmentation with the one mirror the
         networks were trained with: a mirrored kidney is still a plausible kidney). Twice the
-        segmenter's time; the gain is measured on validation cases before a bundle turns it on."""
+        segmenter's time; the gain is measured on validation cases before a bundle turns it on.
+        Without ``ctx`` the batch is a run of its own."""
+        ctx = ctx or self._new_run()
         if not self.mirror_x:
-            return self._forward("segmenter", batch)
+            return self._forward(ctx, "segmenter", batch)
         # Two calls rather than one of twice the batch: the peak memory stays that of one call,
         # which is what memory.estimate_run_bytes budgets for.
-        plain = self._forward("segmenter", batch)
-        mirrored = self._forward("segmenter", batch[..., ::-1])
+        plain = self._forward(ctx, "segmenter", batch)
+        mirrored = self._forward(ctx, "segmenter", batch[..., ::-1])
         return 0.5 * (plain + mirrored[..., ::-1])
 
-    def _segment_boxes(self, volume: Volume, loc_grid: Volume, boxes, progress: Progress):
+    def _segment_boxes(self, ctx: RunContext, volume: Volume, loc_grid: Volume, boxes):
         """Probabilities (2, z, y, x) on a canvas around the boxes, and the canvas geometry."""
         cfg = self.config.segmenter
         seg_sp = np.asarray(cfg.spacing_mm, dtype=float)
@@ -162,20 +223,20 @@ class Pipeline:
         # slab by slab on extracted regions: no whole-scan float32 copy
         canvas = resampling.resample_box_chunked(volume, origin, tuple((hi_c - lo_c)[::-1]), tuple(seg_sp))
         canvas_img = preprocess.normalise_hu(canvas.array, self.config.preprocess)
-        self._clock.lap("preprocess")
+        ctx.clock.lap("preprocess")
         stitcher = patches.Stitcher(2, canvas_img.shape, patch)
         local = [tuple(np.asarray(s) - lo_c) for s in starts]
         bs = 2  # a batch of 1 sends small-channel 3D convolutions to a slow CPU kernel
-        for i, (a, b) in enumerate(self._batches(len(local), bs)):
+        for i, (a, b) in enumerate(ctx.batches(len(local), bs)):
             batch = np.stack([patches.extract(canvas_img, s, patch)[None] for s in local[a:b]])
-            pred = self._segmenter_probabilities(batch)
-            self._clock.lap("segmenter")
+            pred = self._segmenter_probabilities(batch, ctx)
+            ctx.clock.lap("segmenter")
             for s, p in zip(local[a:b], pred):
                 stitcher.add(s, p)
-            self._clock.lap("stitching")
-            progress(0.4 + 0.45 * (i + 1) * bs / max(1, len(local)), f"Segmenting window {b} of {len(local)}")
+            ctx.clock.lap("stitching")
+            ctx.progress(0.4 + 0.45 * (i + 1) * bs / max(1, len(local)), f"Segmenting window {b} of {len(local)}")
         probs = stitcher.result()
-        self._clock.lap("stitching")
+        ctx.clock.lap("stitching")
         return probs, canvas
 
     def _back_to_input(self, labels: np.ndarray, canvas: Volume, volume: Volume) -> np.ndarray:
@@ -213,84 +274,47 @@ class Pipeline:
             structures[key] = full
         return structures, sides
 
-    # --- the whole job --------------------------------------------------------------------------
-    def run(self, volume: Volume, progress: Progress | None = None, cancel=None, source=None) -> SegmentationResult:
-        """Segment ``volume``; ``source`` (a path or a name) is named in input messages when given."""
-        progress = progress or (lambda f, m: None)
-        self._cancel = cancel
-        self._warnings: list[str] = []
-        self._clock = _Clock()
-        cfg = self.config
-        self._warnings += check_ct_volume(volume, allow_non_ct=self.allow_non_ct, source=source)
-        progress(0.0, "Preparing the image")
-
-        loc_sp = cfg.localiser_grid.spacing_mm
-        loc_origin, loc_size = resampling.canonical_box(volume, loc_sp)
-        loc_hu = resampling.resample_box_chunked(volume, loc_origin, loc_size, loc_sp)
-        loc = preprocess.normalise_hu(loc_hu.array, cfg.preprocess)
-        self._clock.lap("preprocess")
-        progress(0.1, "Finding the kidneys' slices")
-
-        zprobs = self._z_probabilities(loc)
-        slices = localisation.candidate_slices(zprobs, loc_hu.spacing[2], cfg.z_localiser)
-        self._clock.lap("z_localiser")
-        midline_mm = postprocess.body_midline_x(loc_hu)
-        boxes = []
-        if slices.any():
-            progress(0.25, "Finding the kidneys in the slices")
-            mask = self._xy_mask(loc, slices)
-            candidates = localisation.kidney_candidates(mask, zprobs, loc_hu.spacing, cfg.xy_localiser)
-            boxes = localisation.choose_kidney_boxes(candidates, _x_index(midline_mm, loc_hu))
-            self._clock.lap("xy_localiser")
-        zr = (min(b.lo[0] for b in boxes), max(b.hi[0] for b in boxes)) if boxes else None
-        labels = None
-        if boxes:
-            progress(0.4, f"Segmenting {len(boxes)} kidney region(s)")
-            probs, canvas = self._segment_boxes(volume, loc_hu, boxes, progress)
-            self._check_cancel()
-            canvas_labels = postprocess.labels_from_probabilities(
-                probs[0],
-                probs[1],
-                canvas.voxel_volume_ml,
-                postprocess.PostprocessConfig(
-                    kidney_threshold=cfg.segmenter.kidney_threshold,
-                    tumour_threshold=cfg.segmenter.tumour_threshold,
-                    min_kidney_ml=cfg.xy_localiser.min_component_ml,
-                    min_tumour_ml=cfg.segmenter.min_tumour_ml,
-                ),
-                _x_index(midline_mm, canvas),
-            )
-            self._clock.lap("postprocess")
-            progress(0.9, "Bringing the labels back onto the scan's grid")
-            labels = self._back_to_input(canvas_labels, canvas, volume)
-            self._clock.lap("resample_back")
-        if labels is None:
-            labels = np.zeros(volume.array.shape, np.uint8)
-        result_labels = volume.with_array(labels)
-        structures, sides = self._structures_and_sides(result_labels, midline_mm)
-        self._clock.lap("postprocess")
+    def _findings(self, ctx: RunContext, volume: Volume, labels: Volume, found: KidneysFound):
+        """Structures per side, their measurements and the contrast phase; warns when the result is
+        empty or the phase makes it unreliable."""
+        structures, sides = self._structures_and_sides(labels, found.midline_mm)
+        ctx.clock.lap("postprocess")
         if not structures:
-            self._warnings.append(NO_KIDNEY)
+            ctx.warnings.append(NO_KIDNEY)
             log.warning(NO_KIDNEY)
-        phase = contrast.contrast_phase(volume, labels) if structures else None
+        phase = contrast.contrast_phase(volume, labels.array) if structures else None
         unreliable = contrast.warning_for(phase)
         if unreliable:
-            self._warnings.append(unreliable)
+            ctx.warnings.append(unreliable)
             log.warning(unreliable)
+        return structures, sides, phase
+
+    def _report(self, ctx: RunContext, found: KidneysFound, sides: dict, kidney_found: bool, phase) -> dict:
         report = {
             "sides": sides,
-            "kidney_found": bool(structures),  # an empty result says so in the report
-            "z_range_mm": None
-            if zr is None
-            else [round(loc_hu.origin[2] + k * loc_hu.spacing[2], 1) for k in (zr[0], zr[1] - 1)],
-            "kidney_boxes": len(boxes),
+            "kidney_found": kidney_found,  # an empty result says so in the report
+            "z_range_mm": found.z_range_mm(),
+            "kidney_boxes": len(found.boxes),
             "contrast": phase,
-            "timings_s": dict(self._clock.times),
-            "warnings": list(self._warnings),
-            "device": str(self.device),
+            "timings_s": dict(ctx.clock.times),
+            "warnings": list(ctx.warnings),
+            "device": str(ctx.device),
             "test_time_mirroring": self.mirror_x,
             "weights": self.bundle.header.get("provenance", {}).get("name", str(self.bundle.path or "seeded")),
         }
         report["timings_s"]["total"] = round(sum(report["timings_s"].values()), 4)
-        progress(1.0, "Done")
-        return SegmentationResult(result_labels, structures, report)
+        return report
+
+    # --- the whole job --------------------------------------------------------------------------
+    def run(self, volume: Volume, progress: Progress | None = None, cancel=None, source=None) -> SegmentationResult:
+        """Segment ``volume``; ``source`` (a path or a name) is named in input messages when given."""
+        ctx = self._new_run(progress, cancel)
+        ctx.warnings += check_ct_volume(volume, allow_non_ct=self.allow_non_ct, source=source)
+        ctx.progress(0.0, "Preparing the image")
+        grid, image = self._localiser_grid(ctx, volume)
+        found = self._locate_kidneys(ctx, grid, image)
+        labels = self._segment_kidneys(ctx, volume, found)
+        structures, sides, phase = self._findings(ctx, volume, labels, found)
+        report = self._report(ctx, found, sides, bool(structures), phase)
+        ctx.progress(1.0, "Done")
+        return SegmentationResult(labels, structures, report)

@@ -28,6 +28,17 @@ class PostprocessConfig:
     min_tumour_ml: float = 0.05
     max_kidneys: int = 2
 
+    @classmethod
+    def from_model(cls, config) -> PostprocessConfig:
+        """The settings a weights bundle chose (``config``: its ``ModelConfig``): the segmenter's
+        thresholds and smallest tumour fragment, and the xy-localiser's smallest kidney."""
+        return cls(
+            kidney_threshold=config.segmenter.kidney_threshold,
+            tumour_threshold=config.segmenter.tumour_threshold,
+            min_kidney_ml=config.xy_localiser.min_component_ml,
+            min_tumour_ml=config.segmenter.min_tumour_ml,
+        )
+
 
 def labels_from_probabilities(
     p_region: np.ndarray, p_tumour: np.ndarray, voxel_ml: float, cfg: PostprocessConfig | None = None,

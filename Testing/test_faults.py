@@ -205,6 +205,32 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu_with_a_warning(monkeypatch, ca
     assert "ran out of memory" in caplog.text
 
 
+def test_after_a_run_that_ran_out_of_gpu_memory_the_next_run_uses_the_gpu_again(monkeypatch):
+    ct = body_ct(spacing=(3.0, 3.0, 6.0), shape=(16, 40, 44))
+    expected = Pipeline(bundle_with_heads(10, 10, 10, -10), device="cpu").run(ct)
+    pipe = Pipeline(bundle_with_heads(10, 10, 10, -10), device="cpu")
+    pipe.nets["segmenter"] = _OutOfMemoryOnce(pipe.nets["segmenter"])
+    pipe.device = torch.device("cuda")  # as above: "cuda" tensors stay where they are
+    real_to = torch.Tensor.to
+    sent_to_gpu = []
+
+    def to(self, *args, **kwargs):
+        if args and isinstance(args[0], torch.device) and args[0].type == "cuda":
+            sent_to_gpu.append(tuple(self.shape))
+            return self
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    first = pipe.run(ct)
+    assert first.report["device"] == "cpu" and "GPU out of memory: the run continued on the CPU." in first.report[
+        "warnings"]
+    sent_to_gpu.clear()
+    second = pipe.run(ct)  # the GPU has room again: this run is not condemned to the CPU
+    assert sent_to_gpu and pipe.device.type == "cuda" and second.report["device"] == "cuda"
+    assert not any("GPU" in w for w in second.report["warnings"])
+    np.testing.assert_array_equal(second.labels.array, expected.labels.array)
+
+
 # --- cancelling ---------------------------------------------------------------------------------
 
 
