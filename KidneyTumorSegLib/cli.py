@@ -1,8 +1,8 @@
 """The command line: ``kidney-tumor-seg`` (also ``python -m KidneyTumorSegLib``).
 
 Every user error ends in one sentence on stderr and a non-zero exit code, never a traceback.
-Outputs are written only after the run succeeded, each atomically, so Ctrl-C leaves nothing
-half-written.
+Outputs are written only after the run succeeded, and appear all together or not at all
+(``io.outputs_together``), so Ctrl-C leaves nothing half-written.
 
 Exit codes: 0 done (also when no kidney is in view: the result is then empty and says so),
 1 unexpected internal error, 2 unusable input or arguments, 3 weights missing or damaged,
@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
 import sys
 import time
@@ -145,63 +144,6 @@ def _check_outputs(args, input_path: Path) -> None:
         snapshot_format(args.snapshot)
 
 
-def _format_suffix(path: Path) -> str:
-    """The suffix that tells the writers the format: ``.seg.nrrd``, ``.nii.gz``, ``.png``, ..."""
-    name = path.name.lower()
-    for multi in (".seg.nrrd", ".nii.gz"):
-        if name.endswith(multi):
-            return path.name[-len(multi):]
-    return path.suffix
-
-
-class _StagedOutputs:
-    """Outputs written to hidden files beside their targets, renamed into place all together at the end.
-
-    A failure or Ctrl-C before :meth:`commit` removes every staged file and leaves whatever the
-    targets held before untouched; signals are held back during the renames, so the outputs appear
-    all together or not at all.
-    """
-
-    def __init__(self):
-        self.token = secrets.token_hex(4)
-        self.staged: list[tuple[Path, Path]] = []
-        self.created: list[Path] = []  # folders made for the outputs, removed again if nothing lands
-
-    def path(self, final) -> Path:
-        final = Path(final)
-        missing = [d for d in [final.parent, *final.parent.parents] if not d.exists()]
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.created += missing
-        tmp = final.with_name(f".{final.name}.{self.token}.partial{_format_suffix(final)}")
-        self.staged.append((tmp, final))
-        return tmp
-
-    def commit(self) -> None:
-        blocked = {signal.SIGINT, signal.SIGTERM}
-        can_block = hasattr(signal, "pthread_sigmask")
-        if can_block:
-            signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-        try:
-            for tmp, final in self.staged:
-                os.replace(tmp, final)
-            self.staged, self.created = [], []
-        finally:
-            if can_block:
-                # A Ctrl-C that came during the renames is too late to cancel: the outputs are whole.
-                for sig in signal.sigpending() & blocked:
-                    signal.sigwait({sig})
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
-
-    def discard(self) -> None:
-        for tmp, _ in self.staged:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        for folder in self.created:  # deepest first; a folder something else wrote into stays
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        self.staged, self.created = [], []
-
-
 def _geometry_only(volume):
     """The scan's grid without its voxels (a zero-stride array): all the segmentation file needs.
 
@@ -260,55 +202,51 @@ def segment_scan(args, pipeline, reporter: Reporter) -> tuple[dict, dict[str, st
     Returns the report, the outputs written and whether the result is empty. The outputs appear
     all together or not at all; a failure leaves whatever the targets held before.
     """
-    from .io import quiet_native_stderr, read_image_information, read_volume
+    from .io import outputs_together, quiet_native_stderr, read_image_information, read_volume
     from .memory import check_run_fits
     from .report import write_report
 
-    staged = _StagedOutputs()
-    try:
-        input_path = Path(args.input)
-        _check_outputs(args, input_path)
-        with quiet_native_stderr():
-            info = read_image_information(input_path, getattr(args, "series", None))
-        series_warning = _series_warning(input_path, info.series)
-        if series_warning:
-            log.warning(series_warning)
-        # refuse up front, before reading a voxel, a run that cannot fit in memory
-        estimate = check_run_fits(info.size[:3], info.spacing[:3], info.bytes_per_voxel, pipeline.config,
-                                  input_path, keep_image=bool(args.snapshot))
-        reporter.progress(0.0, f"Reading {args.input}")
+    input_path = Path(args.input)
+    _check_outputs(args, input_path)
+    with quiet_native_stderr():
+        info = read_image_information(input_path, getattr(args, "series", None))
+    series_warning = _series_warning(input_path, info.series)
+    if series_warning:
+        log.warning(series_warning)
+    # refuse up front, before reading a voxel, a run that cannot fit in memory
+    estimate = check_run_fits(info.size[:3], info.spacing[:3], info.bytes_per_voxel, pipeline.config,
+                              input_path, keep_image=bool(args.snapshot))
+    reporter.progress(0.0, f"Reading {args.input}")
+    t0 = time.perf_counter()
+    with quiet_native_stderr():
+        volume = read_volume(input_path, info)
+    t_read = time.perf_counter() - t0
+    result = pipeline.run(volume, progress=reporter.progress, source=input_path)
+    report = result.report
+    report["timings_s"]["read"] = round(t_read, 4)
+    report["input"] = {
+        "path": str(args.input),
+        "shape_zyx": list(volume.array.shape),
+        "spacing_xyz": list(volume.spacing),
+    }
+    if info.series is not None:
+        report["input"]["series"] = info.series.as_dict()
+    if series_warning:
+        report["warnings"].insert(0, series_warning)
+    report["memory_estimate_gb"] = round(estimate.gb, 2)
+    if not args.snapshot:  # only the picture needs the scan's voxels: free them now
+        volume = _geometry_only(volume)
+    with outputs_together():
         t0 = time.perf_counter()
-        with quiet_native_stderr():
-            volume = read_volume(input_path, info)
-        t_read = time.perf_counter() - t0
-        result = pipeline.run(volume, progress=reporter.progress, source=input_path)
-        report = result.report
-        report["timings_s"]["read"] = round(t_read, 4)
-        report["input"] = {
-            "path": str(args.input),
-            "shape_zyx": list(volume.array.shape),
-            "spacing_xyz": list(volume.spacing),
-        }
-        if info.series is not None:
-            report["input"]["series"] = info.series.as_dict()
-        if series_warning:
-            report["warnings"].insert(0, series_warning)
-        report["memory_estimate_gb"] = round(estimate.gb, 2)
-        if not args.snapshot:  # only the picture needs the scan's voxels: free them now
-            volume = _geometry_only(volume)
-        t0 = time.perf_counter()
-        outputs = _write_outputs(args, volume, result, staged)
+        outputs = _write_outputs(args, volume, result)
         report["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
         report["timings_s"]["total"] = round(
             sum(v for k, v in report["timings_s"].items() if k != "total"), 4
         )
         if args.report:
-            write_report(report, staged.path(args.report))
+            write_report(report, args.report)
             outputs["report"] = str(args.report)
-        staged.commit()
-        return report, outputs, result.empty
-    finally:
-        staged.discard()
+    return report, outputs, result.empty
 
 
 @contextlib.contextmanager
@@ -375,20 +313,20 @@ def run_list_series(args) -> int:
     return 0
 
 
-def _write_outputs(args, volume, result, staged: _StagedOutputs) -> dict[str, str]:
-    """Write every output to its staged file; nothing is visible under the final names yet."""
+def _write_outputs(args, volume, result) -> dict[str, str]:
+    """Write every output; inside ``outputs_together`` none is visible under its name yet."""
     from .io import write_volume
     from .segfile import write_seg_nrrd
 
-    write_seg_nrrd(staged.path(args.output), result.structures, volume)
+    write_seg_nrrd(args.output, result.structures, volume)
     outputs = {"segmentation": str(args.output)}
     if args.labelmap:
-        write_volume(result.labels, staged.path(args.labelmap))
+        write_volume(result.labels, args.labelmap)
         outputs["labelmap"] = str(args.labelmap)
     if args.snapshot:
         from .snapshot import write_snapshot
 
-        write_snapshot(volume, result.labels, staged.path(args.snapshot), title=Path(args.input).name)
+        write_snapshot(volume, result.labels, args.snapshot, title=Path(args.input).name)
         outputs["snapshot"] = str(args.snapshot)
     return outputs
 

@@ -1,7 +1,9 @@
 """Reading and writing volumes (NIfTI, NRRD, MHA, DICOM folders) with SimpleITK.
 
 Reading honours each file's direction cosines; writing goes to a temporary file beside the target
-and is renamed into place, so a cancelled or failed run never leaves a half-written output.
+and is renamed into place (:func:`atomic_output`, every writer of the library uses it), so a
+cancelled or failed run never leaves a half-written output; inside :func:`outputs_together` a
+run's outputs are renamed into place all together at the end, or not at all.
 
 Whatever a file holds, reading ends in a :class:`Volume` or an :class:`InputError` whose message is
 one sentence naming the file: the header is read first (dimension, voxel type and size are checked
@@ -13,7 +15,9 @@ garbage), and the geometry is checked for finite, non-degenerate values.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -275,20 +279,80 @@ def read_volume(path: str | os.PathLike, info: ImageInfo | None = None, series: 
         raise InputError(f"The image {path} has an unusable geometry ({err}).") from None
 
 
+class _OutputGroup:
+    """Finished temporary files waiting to be renamed onto their targets all at once."""
+
+    def __init__(self):
+        self.staged: list[tuple[str, Path]] = []
+        self.created: list[Path] = []  # folders made for the outputs, removed again if nothing lands
+
+    def commit(self) -> None:
+        """Rename every staged file into place, holding Ctrl-C and SIGTERM back meanwhile."""
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        can_block = hasattr(signal, "pthread_sigmask")
+        if can_block:
+            signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            for tmp, final in self.staged:
+                os.replace(tmp, final)
+            self.staged, self.created = [], []
+        finally:
+            if can_block:
+                # A Ctrl-C that came during the renames is too late to cancel: the outputs are whole.
+                for sig in signal.sigpending() & blocked:
+                    signal.sigwait({sig})
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+
+    def discard(self) -> None:
+        for tmp, _ in self.staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        for folder in self.created:  # deepest first; a folder something else wrote into stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self.staged, self.created = [], []
+
+
+_GROUP: contextvars.ContextVar[_OutputGroup | None] = contextvars.ContextVar("output_group", default=None)
+
+
+@contextlib.contextmanager
+def outputs_together():
+    """Every :func:`atomic_output` inside the block lands at the block's end, all together, or none does.
+
+    A failure or Ctrl-C inside the block removes every staged file (and the folders made for them)
+    and leaves whatever the targets held before untouched; signals are held back during the
+    renames, so a run's outputs appear all together or not at all.
+    """
+    group = _OutputGroup()
+    token = _GROUP.set(group)
+    try:
+        yield
+        group.commit()
+    finally:
+        _GROUP.reset(token)
+        group.discard()
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str | None = None):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds
+    (inside :func:`outputs_together`, when the whole group succeeds).
 
     The temporary file is hidden (``.name.XXXX.suffix``) and removed whatever happens, Ctrl-C
     included, so an interrupted or failed write leaves any earlier ``path`` exactly as it was.
     """
     path = Path(path)
+    group = _GROUP.get()
+    if group is not None:
+        group.created += [d for d in [path.parent, *path.parent.parents] if not d.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     name = path.name
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    handed_to_group = False
     try:
         yield Path(tmp)
         # mkstemp makes the file private (0600); the result gets the permissions any new file
@@ -296,10 +360,15 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        if group is None:
+            os.replace(tmp, path)
+        else:
+            group.staged.append((tmp, path))  # the group renames it into place, or removes it
+            handed_to_group = True
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if not handed_to_group:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:

@@ -299,6 +299,22 @@ def test_a_failed_write_leaves_the_earlier_file_intact(tmp_path, monkeypatch):
     assert digest(target) == before and listing(tmp_path) == ["labels.nii.gz"]
 
 
+def test_outputs_written_together_land_together_or_not_at_all(tmp_path):
+    first = write_volume(synthetic_ct(shape_zyx=(6, 16, 16))[0], tmp_path / "a.nii.gz")
+    before = digest(first)
+    with pytest.raises(KeyboardInterrupt), kio.outputs_together():
+        write_volume(synthetic_ct(shape_zyx=(6, 16, 16), seed=1)[0], first)
+        assert digest(first) == before  # written, but not in place until the group is done
+        write_volume(synthetic_ct(shape_zyx=(6, 16, 16), seed=1)[0], tmp_path / "new" / "deeper" / "b.nii.gz")
+        raise KeyboardInterrupt
+    assert digest(first) == before and listing(tmp_path) == ["a.nii.gz"]  # no staged file, no new folder
+    with kio.outputs_together():
+        write_volume(synthetic_ct(shape_zyx=(6, 16, 16), seed=1)[0], first)
+        write_volume(synthetic_ct(shape_zyx=(6, 16, 16), seed=1)[0], tmp_path / "new" / "b.nii.gz")
+    assert digest(first) != before and listing(tmp_path) == ["a.nii.gz", "new"]
+    assert listing(tmp_path / "new") == ["b.nii.gz"]
+
+
 @pytest.fixture(scope="module")
 def first_run(case):
     out = case / "first"
