@@ -262,9 +262,8 @@ class Pipeline:
         nonzero = [np.flatnonzero(arr.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
         if nonzero[0].size == 0:
             return {}, {}
-        sl = tuple(slice(max(0, int(n[0]) - 1), int(n[-1]) + 2) for n in nonzero)
-        start_ijk = np.array([sl[2].start, sl[1].start, sl[0].start], float)
-        crop = Volume(arr[sl], labels.spacing, labels.index_to_physical(start_ijk), labels.direction)
+        sl = tuple(slice(max(0, int(n[0]) - 1), int(n[-1]) + 2) for n in nonzero)  # (z, y, x)
+        crop = labels.sub_volume([s.start for s in sl[::-1]], [s.stop for s in sl[::-1]])
         parts = postprocess.split_sides(crop, midline_x)
         sides = side_measurements(parts, crop)
         structures = {}

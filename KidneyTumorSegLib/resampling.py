@@ -143,13 +143,6 @@ def resample_onto(volume: Volume, reference: Volume, interpolator: str = "linear
 
 
 # --- tile by tile ----------------------------------------------------------------------------------
-def _sub_volume(volume: Volume, lo, hi) -> Volume:
-    """The input voxels in ``[lo, hi)`` (a view, not a copy) with their own origin."""
-    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo[::-1], hi[::-1]))
-    return Volume(volume.array[sl], volume.spacing, volume.index_to_physical(np.asarray(lo, float)),
-                  volume.direction)
-
-
 def resample_box_chunked(
     volume: Volume,
     origin_xyz,
@@ -212,7 +205,7 @@ def resample_box_chunked(
                 continue
         part = None
         if need > 0:
-            part = resample_box(_sub_volume(volume, lo, hi), tile_origin, tile_size, spacing_mm,
+            part = resample_box(volume.sub_volume(lo, hi), tile_origin, tile_size, spacing_mm,
                                 interpolator, default_value, output_dtype).array
         out[z0:z1, y0:y1] = default_value if part is None else part
     return Volume(out, spacing_mm, tuple(origin_xyz), np.eye(3))
@@ -253,7 +246,7 @@ def masks_onto_grid(
               for value, mask in masks]
     for k0 in range(int(lo[2]), int(hi[2]), step):
         k1 = min(int(hi[2]), k0 + step)
-        ref = _reference_image(_sub_volume(target, [lo[0], lo[1], k0], [hi[0], hi[1], k1]))
+        ref = _reference_image(target.sub_volume([lo[0], lo[1], k0], [hi[0], hi[1], k1]))
         view = out[k0:k1, lo[1] : hi[1], lo[0] : hi[0]]
         for value, image in images:
             res = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)

@@ -115,6 +115,13 @@ class Volume:
             and np.allclose(self.direction, other.direction, atol=tol)
         )
 
+    def sub_volume(self, lo_ijk, hi_ijk) -> Volume:
+        """The voxels in the index box ``[lo, hi)`` (i, j, k; clipped at the far end) as a volume of
+        their own: a view, not a copy, with its origin at voxel ``lo``."""
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo_ijk[::-1], hi_ijk[::-1]))
+        return Volume(self.array[sl], self.spacing, self.index_to_physical(np.asarray(lo_ijk, float)),
+                      self.direction)
+
     def with_array(self, array: np.ndarray) -> Volume:
         """A new volume on this grid holding ``array`` (same shape required)."""
         if array.shape != self.array.shape:
