@@ -89,7 +89,7 @@ class Pipeline:
 
     @device.setter
     def device(self, device) -> None:
-        """Run on ``device`` from the next run on."""
+        # Runs start on ``device`` from the next run on; the networks move there when it starts.
         import torch
 
         self.configured_device = torch.device(device)
@@ -121,9 +121,9 @@ class Pipeline:
                 raise
         log.warning("The GPU ran out of memory; continuing on the CPU, which is slower.")
         ctx.warnings.append(GPU_FULL)
-        free_cuda_memory()
         ctx.device = resolve_device("cpu")
         self._place_networks(ctx.device)
+        free_cuda_memory()  # the weights have left the GPU: give their memory back too
         return self._call(name, batch, ctx.device)
 
     # --- stages ---------------------------------------------------------------------------------
