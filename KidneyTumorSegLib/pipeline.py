@@ -2,7 +2,7 @@
 
 It only composes the stages (each a plain function elsewhere): input checks -> localiser grid ->
 z-localiser -> xy-localiser -> kidney boxes -> segmenter windows on a canvas around the boxes ->
-stitching -> post-processing -> labels back onto the input grid -> sides and measurements.
+stitching -> post-processing -> anatomical plausibility -> labels back onto the input grid -> sides and measurements.
 Each run has its own :class:`~.run_context.RunContext` (progress, cancel, warnings, clock, device),
 so a GPU that ran out of memory in one run is tried again in the next.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import contrast, localisation, patches, postprocess, preprocess, resampling
+from . import contrast, localisation, patches, plausibility, postprocess, preprocess, resampling
 from .checks import check_ct_volume
 from .device import autocast, free_cuda_memory, is_out_of_memory, resolve_device
 from .measure import side_measurements
@@ -26,6 +26,8 @@ log = logging.getLogger("KidneyTumorSeg")
 
 NO_KIDNEY = "No kidney was found in this scan; the result is empty."
 GPU_FULL = "GPU out of memory: the run continued on the CPU."
+ENCASED = ("A region of {ml:.0f} mL that bone surrounds was labelled as kidney and discarded: "
+           "a kidney is never encased in bone (check the scan covers the abdomen).")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class KidneysFound:
     grid: Volume  # the localiser grid, in HU
     boxes: list = field(default_factory=list)  # localisation.Box, (z, y, x) indices of ``grid``
     midline_mm: float | None = None  # LPS x
+    discarded: list = field(default_factory=list)  # segmented regions that failed the plausibility check
 
     def z_range_mm(self) -> list[float] | None:
         """The boxes' lowest and highest slice positions (LPS z, mm), None without a box."""
@@ -182,6 +185,11 @@ class Pipeline:
         canvas_labels = postprocess.labels_from_probabilities(
             probs[0], probs[1], canvas.voxel_volume_ml, postprocess.PostprocessConfig.from_model(self.config),
             _x_index(found.midline_mm, canvas))
+        canvas_labels, found.discarded = plausibility.drop_kidneys_in_bone(
+            canvas_labels, canvas.array, canvas.spacing, canvas.voxel_volume_ml)
+        for region in found.discarded:
+            ctx.warnings.append(ENCASED.format(ml=region["ml"]))
+            log.warning(ctx.warnings[-1])
         ctx.clock.lap("postprocess")
         ctx.progress(0.9, "Bringing the labels back onto the scan's grid")
         labels = self._back_to_input(canvas_labels, canvas, volume)
@@ -294,6 +302,7 @@ class Pipeline:
             "kidney_found": kidney_found,  # an empty result says so in the report
             "z_range_mm": found.z_range_mm(),
             "kidney_boxes": len(found.boxes),
+            "discarded_regions": list(found.discarded),
             "contrast": phase,
             "timings_s": dict(ctx.clock.times),
             "warnings": list(ctx.warnings),
