@@ -177,14 +177,9 @@ class _OutOfMemoryOnce(_Counting):
         return super().forward(x)
 
 
-def test_cuda_out_of_memory_falls_back_to_the_cpu_with_a_warning(monkeypatch, caplog):
-    ct = body_ct(spacing=(3.0, 3.0, 6.0), shape=(16, 40, 44))
-    expected = Pipeline(bundle_with_heads(10, 10, 10, -10), device="cpu").run(ct)
-    pipe = Pipeline(bundle_with_heads(10, 10, 10, -10), device="cpu")
-    pipe.nets["segmenter"] = _OutOfMemoryOnce(pipe.nets["segmenter"])
-    # The pipeline believes it runs on a GPU. This machine may have none, so moving a tensor to
-    # "cuda" leaves it where it is; everything else (autocast, the fallback) is the real code.
-    pipe.device = torch.device("cuda")
+def _pretend_cuda(monkeypatch) -> list:
+    """Moving a tensor to "cuda" leaves it where it is (this machine may have no GPU) and is
+    recorded in the returned list; everything else (autocast, the fallback) is the real code."""
     real_to = torch.Tensor.to
     sent_to_gpu = []
 
@@ -195,6 +190,18 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu_with_a_warning(monkeypatch, ca
         return real_to(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "to", to)
+    return sent_to_gpu
+
+
+def test_cuda_out_of_memory_falls_back_to_the_cpu_with_a_warning(monkeypatch, caplog):
+    ct = body_ct(spacing=(3.0, 3.0, 6.0), shape=(16, 40, 44))
+    expected = Pipeline(bundle_with_heads(10, 10, 10, -10), device="cpu").run(ct)
+    pipe = Pipeline(bundle_with_heads(10, 10, 10, -10), device="cpu")
+    pipe.nets["segmenter"] = _OutOfMemoryOnce(pipe.nets["segmenter"])
+    # The pipeline believes it runs on a GPU. This machine may have none, so moving a tensor to
+    # "cuda" leaves it where it is; everything else (autocast, the fallback) is the real code.
+    pipe.device = torch.device("cuda")
+    sent_to_gpu = _pretend_cuda(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="KidneyTumorSeg"):
         result = pipe.run(ct)
     assert sent_to_gpu and pipe.device.type == "cpu" and result.report["device"] == "cpu"
@@ -211,16 +218,7 @@ def test_after_a_run_that_ran_out_of_gpu_memory_the_next_run_uses_the_gpu_again(
     pipe = Pipeline(bundle_with_heads(10, 10, 10, -10), device="cpu")
     pipe.nets["segmenter"] = _OutOfMemoryOnce(pipe.nets["segmenter"])
     pipe.device = torch.device("cuda")  # as above: "cuda" tensors stay where they are
-    real_to = torch.Tensor.to
-    sent_to_gpu = []
-
-    def to(self, *args, **kwargs):
-        if args and isinstance(args[0], torch.device) and args[0].type == "cuda":
-            sent_to_gpu.append(tuple(self.shape))
-            return self
-        return real_to(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "to", to)
+    sent_to_gpu = _pretend_cuda(monkeypatch)
     first = pipe.run(ct)
     assert first.report["device"] == "cpu" and "GPU out of memory: the run continued on the CPU." in first.report[
         "warnings"]
