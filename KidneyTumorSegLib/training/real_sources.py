@@ -22,8 +22,8 @@ from ..errors import InputError
 from ..volume import Volume
 from .seeds import stable_seed
 from .sources import CaseSource
-from .split import VARIANT_SEP
-from .working_grids import CachedCase, grid_arrays, segmenter_margin_zyx
+from .split import variant_of, with_variants
+from .working_grids import CachedCase, prepare_case
 
 BODY_SEP = "@"
 REPEAT_SEP = "~r"
@@ -89,13 +89,12 @@ class RealBodySource(CaseSource):
         self._body_cache: dict = {}
 
     def case_ids(self) -> list[str]:
-        base = [f"{b}{BODY_SEP}{m or 'own'}" for b, m in self.pairs]
-        return [f"{c}{VARIANT_SEP}{v}" if v else c for c in base for v in range(self.variants)]
+        return with_variants([f"{b}{BODY_SEP}{m or 'own'}" for b, m in self.pairs], self.variants)
 
     def _parse(self, case_id: str) -> tuple[str, str | None, int]:
-        base, _, variant = case_id.partition(VARIANT_SEP)
+        base, variant = variant_of(case_id)
         body, _, mask = base.partition(BODY_SEP)
-        return body, (None if mask == "own" else mask), int(variant or 0)
+        return body, (None if mask == "own" else mask), variant
 
     def signature(self, case_id: str) -> dict:
         body, mask, variant = self._parse(case_id)
@@ -130,11 +129,7 @@ class RealBodySource(CaseSource):
         body = self._body(body_name)
         kits, midline = kits_on_grid(self.masks[mask], seg_sp) if mask and body.kidney_ids else (None, None)
         ct, labels, _info = paint_body(body, kits, stable_seed(self.seed, case_id), paint, midline)
-        return CachedCase(
-            case_id,
-            grid_arrays(ct, labels, cfg.localiser_grid.spacing_mm, cfg.preprocess),
-            grid_arrays(ct, labels, seg_sp, cfg.preprocess, segmenter_margin_zyx(cfg)),
-        )
+        return prepare_case(case_id, ct, labels, cfg)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "bodies": {k: str(v) for k, v in self.bodies.items()},
@@ -169,11 +164,7 @@ class RealScanSource(CaseSource):
         if labels is None:  # a kidney-free scan: all background
             labels = ct.with_array(np.zeros(ct.array.shape, np.uint8))
         ct = ct.with_array(np.maximum(np.asarray(ct.array, np.float32), AIR_HU))
-        return CachedCase(
-            case_id,
-            grid_arrays(ct, labels, cfg.localiser_grid.spacing_mm, cfg.preprocess),
-            grid_arrays(ct, labels, cfg.segmenter.spacing_mm, cfg.preprocess, segmenter_margin_zyx(cfg)),
-        )
+        return prepare_case(case_id, ct, labels, cfg)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "scans": sorted(self.scans), "repeats": self.repeats}
