@@ -63,6 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--prep-workers", type=int, default=0)
     p.add_argument("--thick-slices", type=float, default=0.3,
                    help="share of segmenter patches re-acquired with 2.5-6 mm slices (0: none)")
+    p.add_argument("--random-fraction", type=float, default=0.2,
+                   help="share of segmenter patches centred anywhere in the scan (the rest on kidney or tumour)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
         seed=args.seed, time_budget_s=args.budget_min * 60.0,
         budget_shares={"z_localiser": shares[0], "xy_localiser": shares[1], "segmenter": shares[2]},
         schedule=ScheduleConfig(optimizer="adamw", lr=args.lr, weight_decay=3e-5),
-        tumour_fraction=0.4, random_fraction=0.2,
+        tumour_fraction=0.4, random_fraction=args.random_fraction,
         augment=AugmentConfig(thick_slice_probability=args.thick_slices),
     )
     train_cases, errs = load_cases(source, split["train"], cfg, args.cache or None, args.prep_workers, bar)
