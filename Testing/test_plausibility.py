@@ -57,14 +57,25 @@ def test_a_rib_or_vertebra_against_one_side_of_the_kidney_is_not_encasing():
 
 
 def test_the_rim_is_measured_in_millimetres_on_anisotropic_pixels():
-    # the same skull scene on a grid of 2 mm pixels must give the same verdict
-    hu, zz, yy, xx = _scene((10, 40, 40))
-    yy, xx = yy * 2.0, xx * 2.0
-    brain = _blob(yy, xx, 40, 40, 10)
+    # pixels of 2 mm in x and 1 mm in y: a circle in millimetres is an ellipse in voxels
+    hu, zz, yy, xx = _scene((10, 80, 40))
+    ym, xm = yy * 1.0, xx * 2.0
+    brain = _blob(ym, xm, 40, 40, 10)  # its edge at x = 50 mm
     hu[brain] = 35.0
-    hu[_blob(yy, xx, 40, 40, 16) & ~_blob(yy, xx, 40, 40, 12)] = 900.0
-    assert bone_rim_fraction(brain, hu, (2.0, 2.0, 3.0), PlausibilityConfig()) > 0.5
-    assert bone_rim_fraction(brain, hu, (2.0, 2.0, 3.0), PlausibilityConfig(rim_mm=1.5)) == 0.0  # bone 2 mm away
+    hu[(xm >= 54) & (xm <= 60)] = 900.0  # a bone plate 4 mm beyond it, along x only
+    spacing = (2.0, 1.0, 3.0)  # x, y, z
+    assert bone_rim_fraction(brain, hu, spacing, PlausibilityConfig(rim_mm=5.0)) > 0.0
+    assert bone_rim_fraction(brain, hu, spacing, PlausibilityConfig(rim_mm=3.0)) == 0.0
+    # x and y spacing swapped, the plate would seem 2 mm away and reach into a 3 mm rim
+    assert bone_rim_fraction(brain, hu, (1.0, 2.0, 3.0), PlausibilityConfig(rim_mm=3.0)) > 0.0
+
+
+def test_a_contrast_filled_sinus_inside_the_kidney_is_not_rim():
+    hu, zz, yy, xx = _scene()
+    kidney = _blob(yy, xx, 40, 40, 14) & ~_blob(yy, xx, 40, 44, 5) & (zz >= 2) & (zz < 18)  # a hollow sinus
+    hu[kidney] = 150.0
+    hu[_blob(yy, xx, 40, 44, 5)] = 900.0  # excretory-phase urine in the collecting system
+    assert bone_rim_fraction(kidney, hu, (1.0, 1.0, 1.0), PlausibilityConfig()) == 0.0
 
 
 @pytest.mark.skipif(not (REAL / "ircadb1_1" / "labels.nii.gz").exists(), reason="real CTs not available")

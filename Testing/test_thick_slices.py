@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from KidneyTumorSegLib.training.sampling import PatchSampler
-from KidneyTumorSegLib.training.transforms import AugmentConfig, simulate_thick_slices, thick_slices
+from KidneyTumorSegLib.training.transforms import (
+    AugmentConfig,
+    simulate_thick_slices,
+    slab_average,
+    thick_slices,
+)
 from KidneyTumorSegLib.training.working_grids import CachedCase, CaseArrays
 
 
@@ -16,6 +21,22 @@ def test_anything_constant_along_z_is_unchanged():
     image = np.repeat(plane, 30, axis=0)
     for thickness in (2.0, 3.7, 6.0):
         np.testing.assert_allclose(thick_slices(image, thickness, 0.4), image, atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [2.0, 2.5, 3.0, 4.0, 5.5])
+def test_the_slab_average_is_centred_whatever_its_width(width):
+    """An even-width box filter sits half a voxel off centre; the image would then drift away from
+    its labels along z."""
+    delta = np.zeros((41, 1, 1), np.float32)
+    delta[20] = 1.0
+    out = slab_average(delta, width)[:, 0, 0]
+    assert out.sum() == pytest.approx(1.0)
+    assert float((np.arange(41) * out).sum()) == pytest.approx(20.0)  # centroid unmoved
+    assert np.count_nonzero(out > 1e-9) == 2 * int(np.ceil(width / 2 - 0.5)) + 1
+    step = np.zeros((40, 1, 1), np.float32)
+    step[20:] = 1.0
+    s_out = slab_average(step, width)[:, 0, 0]
+    np.testing.assert_allclose(s_out[:20], 1.0 - s_out[20:][::-1], atol=1e-6)  # symmetric about 19.5
 
 
 @pytest.mark.parametrize("thickness", [3.0, 5.0])

@@ -43,8 +43,8 @@ class AugmentConfig:
     blur_probability: float = 0.25
     blur_sigma: tuple[float, float] = (0.4, 1.2)
     # A 3D patch re-acquired with thick slices (slab averaging, sampling every ``thickness`` and
-    # linear interpolation back) with this probability: a 3-5 mm scan resampled to the 1 mm
-    # segmenter grid is blurred and stair-stepped along z in a way phantoms drawn on a fine grid are not.
+    # linear interpolation back) with this probability: a 3-5 mm scan resampled to the
+    # segmenter's grid is blurred and stair-stepped along z in a way phantoms drawn on a fine grid are not.
     thick_slice_probability: float = 0.0
     thick_slice_mm: tuple[float, float] = (2.5, 6.0)
 
@@ -172,14 +172,23 @@ def _along_z(array: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return array[lo] * (1.0 - w) + array[hi] * w
 
 
+def slab_average(image: np.ndarray, width_vox: float) -> np.ndarray:
+    """Mean over a slab ``width_vox`` voxels thick (fractional ends weighted) centred on each voxel
+    of axis 0: a box slice profile that moves nothing, whatever the width's parity."""
+    half = 0.5 * float(width_vox)
+    reach = int(math.ceil(half - 0.5))
+    offsets = np.arange(-reach, reach + 1, dtype=np.float64)
+    weights = np.clip(np.minimum(offsets + 0.5, half) - np.maximum(offsets - 0.5, -half), 0.0, 1.0)
+    return ndimage.correlate1d(image, weights / weights.sum(), axis=0, mode="nearest")
+
+
 def thick_slices(image: np.ndarray, thickness_vox: float, phase: float) -> np.ndarray:
     """``image`` (z first) as a scan of ``thickness_vox``-voxel slices would show it after
     interpolation back to its grid: each slice averages its slab, slices lie ``thickness_vox``
     apart starting ``phase`` (0-1 of a slice) into the array, and values in between are linear."""
     if thickness_vox <= 1.0:
         return image
-    slab = ndimage.uniform_filter1d(image.astype(np.float32), max(1, int(round(thickness_vox))), axis=0,
-                                    mode="nearest")
+    slab = slab_average(image.astype(np.float32), thickness_vox)
     n = image.shape[0]
     first = phase * thickness_vox
     k = np.arange(-1, int(math.ceil((n - first) / thickness_vox)) + 2)
