@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .volume import Volume
+from .volume import Volume, mask_box
 
 UNENHANCED, WEAK = "unenhanced", "weakly enhanced or delayed"
 ARTERIAL, VENOUS, EXCRETORY = "corticomedullary (arterial)", "nephrographic (portal-venous)", "excretory"
@@ -31,9 +31,7 @@ def contrast_phase(volume: Volume, labels: np.ndarray, min_ml: float = 10.0) -> 
     kidney_all = np.asarray(labels) == 1
     if kidney_all.sum() * volume.voxel_volume_ml < min_ml:
         return None
-    nz = [np.flatnonzero(kidney_all.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
-    pad = [int(np.ceil(6.0 / s)) for s in volume.spacing[::-1]]
-    sl = tuple(slice(max(0, int(v[0]) - p), min(n, int(v[-1]) + 1 + p)) for v, p, n in zip(nz, pad, kidney_all.shape))
+    sl = mask_box(kidney_all, [int(np.ceil(6.0 / s)) for s in volume.spacing[::-1]])
     hu = np.asarray(volume.array[sl], dtype=np.float32)
     kidney = kidney_all[sl]
     depth = ndimage.distance_transform_edt(kidney, sampling=volume.spacing[::-1])

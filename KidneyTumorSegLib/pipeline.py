@@ -19,7 +19,7 @@ from .checks import check_ct_volume
 from .device import autocast, free_cuda_memory, is_out_of_memory, resolve_device
 from .measure import side_measurements
 from .run_context import Progress, RunContext
-from .volume import Volume
+from .volume import Volume, mask_box
 from .weights import Bundle, load_bundle, networks_from_bundle
 
 log = logging.getLogger("KidneyTumorSeg")
@@ -188,8 +188,7 @@ class Pipeline:
         canvas_labels, found.discarded = plausibility.drop_kidneys_in_bone(
             canvas_labels, canvas.array, canvas.spacing, canvas.voxel_volume_ml)
         for region in found.discarded:
-            ctx.warnings.append(ENCASED.format(ml=region["ml"]))
-            log.warning(ctx.warnings[-1])
+            ctx.warn(ENCASED.format(ml=region["ml"]))
         ctx.clock.lap("postprocess")
         ctx.progress(0.9, "Bringing the labels back onto the scan's grid")
         labels = self._back_to_input(canvas_labels, canvas, volume)
@@ -267,10 +266,9 @@ class Pipeline:
         if midline_x is None:  # the fallback split_sides would use, taken on the whole grid
             lo_b, hi_b = labels.physical_bounds()
             midline_x = float((lo_b[0] + hi_b[0]) / 2.0)
-        nonzero = [np.flatnonzero(arr.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-        if nonzero[0].size == 0:
+        sl = mask_box(arr, (1, 1, 1))  # (z, y, x); nonzero voxels, without a whole-scan copy
+        if sl is None:
             return {}, {}
-        sl = tuple(slice(max(0, int(n[0]) - 1), int(n[-1]) + 2) for n in nonzero)  # (z, y, x)
         crop = labels.sub_volume([s.start for s in sl[::-1]], [s.stop for s in sl[::-1]])
         parts = postprocess.split_sides(crop, midline_x)
         sides = side_measurements(parts, crop)
@@ -287,13 +285,11 @@ class Pipeline:
         structures, sides = self._structures_and_sides(labels, found.midline_mm)
         ctx.clock.lap("postprocess")
         if not structures:
-            ctx.warnings.append(NO_KIDNEY)
-            log.warning(NO_KIDNEY)
+            ctx.warn(NO_KIDNEY)
         phase = contrast.contrast_phase(volume, labels.array) if structures else None
         unreliable = contrast.warning_for(phase)
         if unreliable:
-            ctx.warnings.append(unreliable)
-            log.warning(unreliable)
+            ctx.warn(unreliable)
         return structures, sides, phase
 
     def _report(self, ctx: RunContext, found: KidneysFound, sides: dict, kidney_found: bool, phase) -> dict:

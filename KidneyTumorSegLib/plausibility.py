@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .volume import mask_box
+
 
 @dataclass(frozen=True)
 class PlausibilityConfig:
@@ -33,11 +35,9 @@ class PlausibilityConfig:
 def bone_rim_fraction(component: np.ndarray, hu: np.ndarray, spacing_xyz, config: PlausibilityConfig) -> float:
     """Share of the in-plane rim (``config.rim_mm`` around ``component``, in its own slices) that is bone."""
     sx, sy = float(spacing_xyz[0]), float(spacing_xyz[1])
-    margin = (0, int(np.ceil(config.rim_mm / sy)) + 1, int(np.ceil(config.rim_mm / sx)) + 1)
-    nz = [np.flatnonzero(component.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    if nz[0].size == 0:
+    box = mask_box(component, (0, int(np.ceil(config.rim_mm / sy)) + 1, int(np.ceil(config.rim_mm / sx)) + 1))
+    if box is None:
         return 0.0
-    box = tuple(slice(max(0, int(n[0]) - m), int(n[-1]) + m + 1) for n, m in zip(nz, margin))
     # the rim lies outside the organ: holes (renal sinus, a contrast-filled collecting system) are inside
     comp = np.stack([ndi.binary_fill_holes(plane) for plane in component[box]])
     # a huge z sampling keeps the distance in-plane: the rim is taken slice by slice

@@ -6,12 +6,14 @@ outlives the run, so the next one starts from the pipeline's configuration again
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import Cancelled
 
+log = logging.getLogger("KidneyTumorSeg")
 Progress = Callable[[float, str], None]
 CANCELLED = "The segmentation was cancelled; nothing was written."
 
@@ -47,6 +49,11 @@ class RunContext:
     def __post_init__(self) -> None:
         if self.progress is None:
             self.progress = _no_progress
+
+    def warn(self, message: str) -> None:
+        """A warning for the report, logged as it happens (the CLI and Slicer show it live)."""
+        self.warnings.append(message)
+        log.warning(message)
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():

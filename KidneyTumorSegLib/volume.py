@@ -25,6 +25,17 @@ def _as_direction(direction) -> np.ndarray:
     return d.reshape(3, 3)
 
 
+def mask_box(mask: np.ndarray, margin_zyx=(0, 0, 0)) -> tuple[slice, ...] | None:
+    """Array slices (z, y, x) of the bounding box of ``mask``'s nonzero voxels (a bool mask or a
+    label map), grown by ``margin_zyx`` voxels on each side and clipped to the array; None when
+    nothing is set."""
+    found = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    if any(v.size == 0 for v in found):
+        return None
+    return tuple(slice(max(0, int(v[0]) - int(m)), min(n, int(v[-1]) + 1 + int(m)))
+                 for v, m, n in zip(found, margin_zyx, mask.shape))
+
+
 def grid_corner_points(origin, spacing, size_xyz, direction=None) -> np.ndarray:
     """Physical LPS points (8, 3) of the eight corner voxel centres of a grid (identity direction
     unless given): what decides which part of another grid this one can touch."""

@@ -31,12 +31,11 @@ def pipeline():
 
 
 def _as_volume(image):
-    import SimpleITK as sitk
-
+    """The image as the int16 HU volume a scanner file would hold."""
     from KidneyTumorSegLib.volume import Volume
 
-    return Volume(sitk.GetArrayFromImage(image).astype(np.int16), tuple(float(s) for s in image.GetSpacing()),
-                  tuple(image.GetOrigin()), np.asarray(image.GetDirection(), float).reshape(3, 3))
+    volume = Volume.from_sitk(image)
+    return volume.with_array(volume.array.astype(np.int16))
 
 
 def _labelled_ml(pipeline, image) -> tuple[float, dict]:

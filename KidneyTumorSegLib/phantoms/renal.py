@@ -13,18 +13,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..volume import Volume
+from ..volume import Volume, mask_box
 from . import tissues as ts
 from .layout import Layout
 from .shapes import smooth_noise
 
 
 def label_box(labels: Volume, margin_vox) -> tuple[slice, ...] | None:
-    nz = [np.nonzero(np.any(labels.array > 0, axis=tuple(b for b in range(3) if b != a)))[0] for a in range(3)]
-    if any(v.size == 0 for v in nz):
-        return None
-    return tuple(slice(max(0, int(v[0]) - m), min(n, int(v[-1]) + 1 + m))
-                 for v, m, n in zip(nz, margin_vox, labels.array.shape))
+    return mask_box(labels.array, margin_vox)
 
 
 def physical_axes(labels: Volume, box) -> list[np.ndarray]:

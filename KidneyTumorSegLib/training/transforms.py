@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..resampling import lerp_axis
+
 AXES = {"z": 0, "y": 1, "x": 2}
 
 
@@ -163,15 +165,6 @@ def apply_spatial(
     return img, lab
 
 
-def _along_z(array: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """``array`` linearly interpolated at fractional indices ``positions`` of axis 0 (clamped)."""
-    pos = np.clip(positions, 0.0, array.shape[0] - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, array.shape[0] - 1)
-    w = (pos - lo).astype(np.float32).reshape((-1,) + (1,) * (array.ndim - 1))
-    return array[lo] * (1.0 - w) + array[hi] * w
-
-
 def slab_average(image: np.ndarray, width_vox: float) -> np.ndarray:
     """Mean over a slab ``width_vox`` voxels thick (fractional ends weighted) centred on each voxel
     of axis 0: a box slice profile that moves nothing, whatever the width's parity."""
@@ -192,8 +185,8 @@ def thick_slices(image: np.ndarray, thickness_vox: float, phase: float) -> np.nd
     n = image.shape[0]
     first = phase * thickness_vox
     k = np.arange(-1, int(math.ceil((n - first) / thickness_vox)) + 2)
-    acquired = _along_z(slab, first + thickness_vox * k)
-    return _along_z(acquired, (np.arange(n) - first) / thickness_vox + 1.0)
+    acquired = lerp_axis(slab, first + thickness_vox * k, 0)
+    return lerp_axis(acquired, (np.arange(n) - first) / thickness_vox + 1.0, 0)
 
 
 def simulate_thick_slices(image: np.ndarray, rng: np.random.Generator, aug: AugmentConfig,
