@@ -48,6 +48,7 @@ class KidneysFound:
     grid: Volume  # the localiser grid, in HU
     boxes: list = field(default_factory=list)  # localisation.Box, (z, y, x) indices of ``grid``
     midline_mm: float | None = None  # LPS x
+    mask: np.ndarray | None = None  # the xy-localiser's kidney mask on ``grid`` (None before it ran)
     discarded: list = field(default_factory=list)  # segmented regions that failed the plausibility check
 
     def z_range_mm(self) -> list[float] | None:
@@ -149,7 +150,7 @@ class Pipeline:
         found = KidneysFound(grid, [], postprocess.body_midline_x(grid))
         if slices.any():
             ctx.progress(0.25, "Finding the kidneys in the slices")
-            mask = self._xy_mask(ctx, image, slices)
+            found.mask = mask = self._xy_mask(ctx, image, slices)
             candidates = localisation.kidney_candidates(mask, zprobs, grid.spacing, cfg.xy_localiser)
             found.boxes = localisation.choose_kidney_boxes(candidates, _x_index(found.midline_mm, grid))
             ctx.clock.lap("xy_localiser")
@@ -184,7 +185,7 @@ class Pipeline:
         ctx.check_cancel()
         canvas_labels = postprocess.labels_from_probabilities(
             probs[0], probs[1], canvas.voxel_volume_ml, postprocess.PostprocessConfig.from_model(self.config),
-            _x_index(found.midline_mm, canvas))
+            _x_index(found.midline_mm, canvas), self._localiser_support(found, canvas))
         canvas_labels, found.discarded = plausibility.drop_kidneys_in_bone(
             canvas_labels, canvas.array, canvas.spacing, canvas.voxel_volume_ml)
         for region in found.discarded:
@@ -194,6 +195,15 @@ class Pipeline:
         labels = self._back_to_input(canvas_labels, canvas, volume)
         ctx.clock.lap("resample_back")
         return volume.with_array(labels)
+
+    @staticmethod
+    def _localiser_support(found: KidneysFound, canvas: Volume) -> np.ndarray | None:
+        """The xy-localiser's kidney mask on the segmenter's canvas (nearest neighbour): the second
+        network's vote that post-processing ranks the segmented regions by."""
+        if found.mask is None:
+            return None
+        mask = found.grid.with_array(found.mask.astype(np.uint8))
+        return resampling.resample_onto(mask, canvas, "nearest").array > 0
 
     def _segmenter_probabilities(self, batch: np.ndarray, ctx: RunContext | None = None) -> np.ndarray:
         """The segmenter's probabilities for a batch of windows; with ``mirror_x``, the mean of each

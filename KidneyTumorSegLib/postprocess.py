@@ -42,13 +42,17 @@ class PostprocessConfig:
 
 def labels_from_probabilities(
     p_region: np.ndarray, p_tumour: np.ndarray, voxel_ml: float, cfg: PostprocessConfig | None = None,
-    midline_x_index: float | None = None,
+    midline_x_index: float | None = None, support: np.ndarray | None = None,
 ) -> np.ndarray:
     """uint8 labels (0/1/2) from the region and tumour probabilities on one grid.
 
-    With ``midline_x_index`` (the body's midline as an x index of this grid) the largest kidney
+    With ``midline_x_index`` (the body's midline as an x index of this grid) the best kidney
     region on each side is kept, so a false region on one side cannot evict the other side's
-    kidney; without it, the ``max_kidneys`` largest regions."""
+    kidney; without it, the ``max_kidneys`` best regions. A region is ranked by its volume; with
+    ``support`` (the xy-localiser's kidney mask on this grid) by the part of it the localiser also
+    called kidney, and a region the localiser did not mark at all is dropped. The segmenter's windows
+    reach well beyond the kidney boxes, so without this a liver or spleen blob that only the
+    segmenter sees, and that is larger than the kidney beside it, takes that side's place."""
     cfg = cfg or PostprocessConfig()
     tumour = p_tumour >= cfg.tumour_threshold
     region = (p_region >= cfg.kidney_threshold) | tumour
@@ -57,9 +61,9 @@ def labels_from_probabilities(
         return np.zeros(region.shape, np.uint8)
     index = np.arange(1, n + 1)
     kidney_ml = ndimage.sum(region & ~tumour, comps, index) * voxel_ml
-    total_ml = ndimage.sum(region, comps, index) * voxel_ml
-    keep = [i for i in index if kidney_ml[i - 1] >= cfg.min_kidney_ml]
-    keep = sorted(keep, key=lambda i: -total_ml[i - 1])
+    rank_ml = ndimage.sum(region if support is None else region & support, comps, index) * voxel_ml
+    keep = [i for i in index if kidney_ml[i - 1] >= cfg.min_kidney_ml and rank_ml[i - 1] > 0]
+    keep = sorted(keep, key=lambda i: -rank_ml[i - 1])
     if midline_x_index is not None and cfg.max_kidneys == 2 and len(keep) > 2:
         centre_x = ndimage.center_of_mass(region, comps, keep)
         right = [i for i, c in zip(keep, centre_x) if c[2] < midline_x_index][:1]

@@ -165,3 +165,23 @@ def test_the_bundles_minimum_tumour_volume_reaches_post_processing(monkeypatch):
     bundle.config.segmenter.min_tumour_ml = 0.5
     Pipeline(bundle, device="cpu").run(body_ct())
     assert [c.min_tumour_ml for c in seen] == [0.5]
+
+
+def test_localiser_support_lands_on_the_same_physical_place_of_the_canvas():
+    """The xy-localiser's mask (4 mm grid) is brought onto the segmenter's canvas (2 mm, another
+    origin) where it physically lies."""
+    from KidneyTumorSegLib.pipeline import KidneysFound, Pipeline
+    from KidneyTumorSegLib.volume import Volume
+
+    grid = Volume(np.zeros((10, 12, 14), np.float32), (4.0, 4.0, 4.0), (-20.0, -30.0, 100.0))
+    mask = np.zeros(grid.array.shape, bool)
+    mask[3:6, 4:7, 5:9] = True  # x 0..12 mm, y -14..-6 mm, z 112..120 mm (voxel centres)
+    canvas = Volume(np.zeros((20, 20, 20), np.float32), (2.0, 2.0, 2.0), (-10.0, -20.0, 104.0))
+    support = Pipeline._localiser_support(KidneysFound(grid, mask=mask), canvas)
+    z, y, x = np.nonzero(support)
+    pos = np.stack([canvas.origin[i] + canvas.spacing[i] * v for i, v in enumerate((x, y, z))], axis=1)
+    assert pos[:, 0].min() >= -2 and pos[:, 0].max() <= 14  # within half a localiser voxel of the mask
+    assert pos[:, 1].min() >= -16 and pos[:, 1].max() <= -4
+    assert pos[:, 2].min() >= 110 and pos[:, 2].max() <= 122
+    assert support.sum() * 8 == pytest.approx(mask.sum() * 64, rel=0.35)
+    assert Pipeline._localiser_support(KidneysFound(grid), canvas) is None

@@ -99,3 +99,38 @@ def test_with_a_midline_the_largest_region_of_each_side_is_kept():
     assert not plain[:, :, 40:48].any()  # two largest overall: the left kidney is lost
     sided = labels_from_probabilities(p, no_tumour, 1.0, midline_x_index=30.0)
     assert sided[:, :, 40:48].any() and sided[:, :, 14:26].any() and not sided[:, :, 2:12].any()
+
+
+def test_the_localisers_support_outranks_size_on_a_side():
+    """A larger region next to the kidney that only the segmenter saw (a liver blob) loses its side
+    to the kidney the xy-localiser also marked; a region the localiser never marked is dropped."""
+    p = np.zeros((20, 30, 60), np.float32)
+    p[5:15, 5:25, 2:8] = 1.0  # right kidney, 1200 mL at 1 mL voxels
+    p[2:18, 2:28, 10:26] = 1.0  # a larger region on the same side (liver), 6656 mL
+    p[6:12, 8:20, 40:48] = 1.0  # left kidney
+    p[0:4, 0:6, 52:60] = 1.0  # a region on the left the localiser never marked
+    no_tumour = np.zeros_like(p)
+    support = np.zeros(p.shape, bool)
+    support[7:13, 8:22, 3:7] = True  # the localiser's right kidney: inside the true one, at its resolution
+    support[7:11, 10:18, 41:47] = True
+    support[2:4, 2:28, 10:12] = True  # and a sliver of the liver region: it may touch a false region
+    sized = labels_from_probabilities(p, no_tumour, 1.0, midline_x_index=30.0)
+    assert sized[:, :, 10:26].any() and not sized[:, :, 2:8].any()  # by size the liver wins the right
+    voted = labels_from_probabilities(p, no_tumour, 1.0, midline_x_index=30.0, support=support)
+    np.testing.assert_array_equal(voted > 0, (p > 0) & _columns(p.shape, [(2, 8), (40, 48)]))
+
+
+def test_a_region_the_localiser_never_marked_is_dropped_even_when_alone():
+    p = np.zeros((10, 10, 10), np.float32)
+    p[2:8, 2:8, 2:8] = 1.0
+    support = np.zeros(p.shape, bool)
+    assert not labels_from_probabilities(p, np.zeros_like(p), 1.0, support=support).any()
+    support[4, 4, 4] = True
+    assert (labels_from_probabilities(p, np.zeros_like(p), 1.0, support=support) > 0).sum() == 216
+
+
+def _columns(shape, x_ranges):
+    out = np.zeros(shape, bool)
+    for a, b in x_ranges:
+        out[:, :, a:b] = True
+    return out

@@ -220,3 +220,27 @@ def test_evaluate_scans_reports_dice_and_false_kidney_where_the_answer_is_known(
     assert rows["labelled"]["false_kidney_ml_in_free_slices"] == pytest.approx(free_slices * per_slice_ml, rel=1e-3)
     assert rows["free"]["false_kidney_ml_in_free_slices"] == pytest.approx(36 * per_slice_ml, rel=1e-3)
     assert (tmp_path / "png" / "labelled.png").exists()
+
+
+def test_held_out_body_phantoms_carry_their_draw_into_the_evaluation_report(tmp_path):
+    """Each phantom painted into a body reports its contrast phase and tumour type, so that a missed
+    tumour can be read against how it was drawn (an iso-attenuating one is nearly invisible)."""
+    from KidneyTumorSegLib.phantoms.intensity import PHASES, TUMOUR_TYPES
+    from KidneyTumorSegLib.training.evaluate import evaluate, real_body_phantom
+    from KidneyTumorSegLib.weights import seeded_bundle
+
+    mask = np.zeros((40, 60, 80), np.uint8)
+    mask[10:30, 20:40, 10:22] = 1  # right kidney
+    mask[18:24, 26:32, 12:18] = 2  # its tumour
+    mask[10:30, 20:40, 58:70] = 1  # left kidney
+    path = tmp_path / "case_00001" / "segmentation.nii.gz"
+    path.parent.mkdir()
+    write_volume(Volume(mask, (2.0, 2.0, 2.0), (-80.0, -60.0, 10.0), np.eye(3)), path)
+    ct, truth, info = real_body_phantom(toy_body(), path, "case_00001", 0, (2.0, 2.0, 2.0))
+    assert info["phase"] in PHASES and info["tumour_type"] in TUMOUR_TYPES and info["body"] == "toy"
+    assert (truth.array == 2).any()
+    report = evaluate(seeded_bundle(), [("toy@case_00001", ct, truth, info), ("plain", ct, truth)], device="cpu")
+    drawn, plain = report["cases"]
+    assert drawn["phantom"]["phase"] == info["phase"] and drawn["phantom"]["tumour_type"] == info["tumour_type"]
+    assert "phantom" not in plain
+    json.dumps(report)  # the draw stays JSON-able

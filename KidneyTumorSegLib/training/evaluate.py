@@ -78,14 +78,15 @@ def real_body_phantom(body, mask_path, case_id: str, seed: int, grid_mm=DEFAULT_
 
     kits, midline = kits_on_grid(Path(mask_path), grid_mm)
     config = PaintConfig(spacing_mm=tuple(grid_mm), z_fov_mm=None, mode_weights=(1.0, 0.0, 0.0))  # contrast CT
-    ct, truth, _ = paint_body(body, kits, stable_seed(seed, "eval-body", case_id), config, midline)
-    return ct, truth
+    ct, truth, info = paint_body(body, kits, stable_seed(seed, "eval-body", case_id), config, midline)
+    return ct, truth, info
 
 
 def real_body_cases(masks: dict[str, Path], bodies: list[Path], seed: int = 0, grid_mm=DEFAULT_GRID_MM
                     ) -> Iterator[tuple[str, Volume, Volume]]:
     """Held-out masks painted into real bodies, the bodies taken in turn; ids ``body@case``. Each
-    body's label map is read once."""
+    body's label map is read once. Each item also carries the painting's draw (phase, tumour type,
+    slice thickness, ...), which the report keeps so that results can be read per draw."""
     from ..phantoms.bodies import read_body
 
     read = {}
@@ -93,8 +94,13 @@ def real_body_cases(masks: dict[str, Path], bodies: list[Path], seed: int = 0, g
         body_path = Path(bodies[i % len(bodies)])
         if body_path not in read:
             read[body_path] = read_body(body_path)
-        ct, truth = real_body_phantom(read[body_path], path, case_id, seed, grid_mm)
-        yield f"{body_path.parent.name}@{case_id}", ct, truth
+        ct, truth, info = real_body_phantom(read[body_path], path, case_id, seed, grid_mm)
+        yield f"{body_path.parent.name}@{case_id}", ct, truth, info
+
+
+def _rounded(info: dict) -> dict:
+    """A phantom's draw for the report: floats to 3 decimals."""
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in info.items()}
 
 
 def _stats(values: list[float]) -> dict:
@@ -127,7 +133,7 @@ def evaluate(
     split = bundle.header.get("provenance", {}).get("split", {}) or {}
     seen_masks = {mask_of(c) for c in split.get("train", []) + split.get("val", [])}
     per_case = []
-    for i, (case_id, ct, truth) in enumerate(cases):
+    for i, (case_id, ct, truth, *drawn) in enumerate(cases):
         progress(i / max(1, n_cases or (i + 1)), f"evaluating {case_id}")
         t0 = time.perf_counter()
         result = pipe.run(ct)
@@ -144,6 +150,7 @@ def evaluate(
                 "false_tumour_ml": round(false["ml"], 2),
                 "seconds": round(time.perf_counter() - t0, 2),
                 "seen_in_training": mask_of(case_id) in seen_masks,
+                **({"phantom": _rounded(drawn[0])} if drawn and drawn[0] else {}),
             }
         )
     progress(1.0, "evaluation done")
