@@ -183,11 +183,7 @@ class Pipeline:
         ctx.progress(0.4, f"Segmenting {len(found.boxes)} kidney region(s)")
         probs, canvas = self._segment_boxes(ctx, volume, found.grid, found.boxes)
         ctx.check_cancel()
-        canvas_labels = postprocess.labels_from_probabilities(
-            probs[0], probs[1], canvas.voxel_volume_ml, postprocess.PostprocessConfig.from_model(self.config),
-            _x_index(found.midline_mm, canvas), self._localiser_support(found, canvas))
-        canvas_labels, found.discarded = plausibility.drop_kidneys_in_bone(
-            canvas_labels, canvas.array, canvas.spacing, canvas.voxel_volume_ml)
+        canvas_labels, found.discarded = self._labels_on_canvas(probs, canvas, found)
         for region in found.discarded:
             ctx.warn(ENCASED.format(ml=region["ml"]))
         ctx.clock.lap("postprocess")
@@ -195,6 +191,21 @@ class Pipeline:
         labels = self._back_to_input(canvas_labels, canvas, volume)
         ctx.clock.lap("resample_back")
         return volume.with_array(labels)
+
+    def _labels_on_canvas(self, probs: np.ndarray, canvas: Volume, found: KidneysFound) -> tuple[np.ndarray, list]:
+        """Labels (0/1/2) on the canvas and the chosen regions discarded as encased in bone; a
+        discarded region hands its side to the next best one, which is judged in turn."""
+        cfg = postprocess.PostprocessConfig.from_model(self.config)
+        midline, support = _x_index(found.midline_mm, canvas), self._localiser_support(found, canvas)
+        exclude, discarded = None, []
+        while True:
+            labels = postprocess.labels_from_probabilities(
+                probs[0], probs[1], canvas.voxel_volume_ml, cfg, midline, support, exclude)
+            encased, more = plausibility.encased_regions(labels, canvas.array, canvas.spacing, canvas.voxel_volume_ml)
+            if not more:
+                return labels, discarded
+            discarded += more
+            exclude = encased if exclude is None else exclude | encased
 
     @staticmethod
     def _localiser_support(found: KidneysFound, canvas: Volume) -> np.ndarray | None:

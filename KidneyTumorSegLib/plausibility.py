@@ -47,23 +47,39 @@ def bone_rim_fraction(component: np.ndarray, hu: np.ndarray, spacing_xyz, config
     return float((hu[box][rim] > config.bone_hu).sum() / n) if n else 0.0
 
 
-def drop_kidneys_in_bone(labels: np.ndarray, hu: np.ndarray, spacing_xyz, voxel_ml: float,
-                         config: PlausibilityConfig | None = None) -> tuple[np.ndarray, list[dict]]:
-    """``labels`` (0/1 kidney/2 tumour) without the kidney components bone encases, and what was dropped.
+def encased_regions(labels: np.ndarray, hu: np.ndarray, spacing_xyz, voxel_ml: float,
+                    config: PlausibilityConfig | None = None, min_ml: float = 0.0) -> tuple[np.ndarray, list[dict]]:
+    """The kidney components of ``labels`` (0/1 kidney/2 tumour) that bone encases, as one mask, and
+    an entry per component (its volume in mL and rim bone share).
 
-    Components are the connected kidney-with-tumour regions (``labels > 0``); a dropped one loses
-    its tumour too. Each entry of the list gives the component's volume (mL) and rim bone share.
+    Components are the connected kidney-with-tumour regions (``labels > 0``); those under ``min_ml``
+    (speckle that post-processing drops anyway) are not judged.
     """
     cfg = config or PlausibilityConfig()
     comp, n = ndi.label(labels > 0)
-    dropped = []
-    out = labels
-    for i in range(1, n + 1):
+    encased = np.zeros(labels.shape, bool)
+    found = []
+    for i, sl in enumerate(ndi.find_objects(comp), start=1):
+        if sl is None:
+            continue
+        ml = float(np.count_nonzero(comp[sl] == i)) * voxel_ml
+        if ml < min_ml:
+            continue
         mask = comp == i
         share = bone_rim_fraction(mask, hu, spacing_xyz, cfg)
         if share > cfg.max_bone_fraction:
-            if out is labels:
-                out = labels.copy()
-            out[mask] = 0
-            dropped.append({"ml": round(float(mask.sum()) * voxel_ml, 1), "bone_rim_fraction": round(share, 3)})
+            encased |= mask
+            found.append({"ml": round(ml, 1), "bone_rim_fraction": round(share, 3)})
+    return encased, found
+
+
+def drop_kidneys_in_bone(labels: np.ndarray, hu: np.ndarray, spacing_xyz, voxel_ml: float,
+                         config: PlausibilityConfig | None = None) -> tuple[np.ndarray, list[dict]]:
+    """``labels`` without the kidney components bone encases (a dropped one loses its tumour too),
+    and what was dropped (see :func:`encased_regions`)."""
+    encased, dropped = encased_regions(labels, hu, spacing_xyz, voxel_ml, config)
+    if not dropped:
+        return labels, dropped
+    out = labels.copy()
+    out[encased] = 0
     return out, dropped

@@ -42,7 +42,7 @@ class PostprocessConfig:
 
 def labels_from_probabilities(
     p_region: np.ndarray, p_tumour: np.ndarray, voxel_ml: float, cfg: PostprocessConfig | None = None,
-    midline_x_index: float | None = None, support: np.ndarray | None = None,
+    midline_x_index: float | None = None, support: np.ndarray | None = None, exclude: np.ndarray | None = None,
 ) -> np.ndarray:
     """uint8 labels (0/1/2) from the region and tumour probabilities on one grid.
 
@@ -52,10 +52,15 @@ def labels_from_probabilities(
     ``support`` (the xy-localiser's kidney mask on this grid) by the part of it the localiser also
     called kidney, and a region the localiser did not mark at all is dropped. The segmenter's windows
     reach well beyond the kidney boxes, so without this a liver or spleen blob that only the
-    segmenter sees, and that is larger than the kidney beside it, takes that side's place."""
+    segmenter sees, and that is larger than the kidney beside it, takes that side's place.
+    ``exclude`` masks regions judged implausible (whole regions, as an earlier call kept them);
+    they are never kept, so the next best region takes their side."""
     cfg = cfg or PostprocessConfig()
     tumour = p_tumour >= cfg.tumour_threshold
     region = (p_region >= cfg.kidney_threshold) | tumour
+    if exclude is not None:
+        region &= ~exclude
+        tumour &= region
     comps, n = ndimage.label(region)
     if n == 0:
         return np.zeros(region.shape, np.uint8)

@@ -89,3 +89,27 @@ def test_real_kidneys_are_never_taken_for_encased(case, ids):
     labels = np.isin(truth, ids).astype(np.uint8)
     kept, dropped = drop_kidneys_in_bone(labels, hu, image.GetSpacing(), 0.001)
     assert dropped == [] and kept is labels
+
+
+def test_a_discarded_region_hands_its_side_to_the_next_best_region():
+    """A bone-encased region that out-ranks the true kidney on its side is discarded, and the
+    kidney takes the side instead of the side staying empty."""
+    from KidneyTumorSegLib.pipeline import KidneysFound, Pipeline
+    from KidneyTumorSegLib.volume import Volume
+    from KidneyTumorSegLib.weights import seeded_bundle
+
+    hu, zz, yy, xx = _scene((20, 80, 100))
+    slab = (zz >= 4) & (zz < 16)
+    kidney_r = _blob(yy, xx, 40, 15, 7) & slab
+    encased = _blob(yy, xx, 40, 42, 10) & slab  # larger, on the same side of the midline (x index 50)
+    kidney_l = _blob(yy, xx, 40, 80, 7) & slab
+    hu[kidney_r | kidney_l | encased] = 35.0
+    hu[_blob(yy, xx, 40, 42, 15) & ~_blob(yy, xx, 40, 42, 11)] = 900.0
+    probs = np.zeros((2,) + hu.shape, np.float32)
+    probs[0][kidney_r | kidney_l | encased] = 0.95
+    canvas = Volume(hu, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))  # 2 mm voxels: kidneys of 15 mL
+    found = KidneysFound(canvas, midline_mm=100.0, mask=(probs[0] > 0.5))  # the localiser agreed on all three
+    pipe = Pipeline(seeded_bundle(), device="cpu")
+    labels, discarded = pipe._labels_on_canvas(probs, canvas, found)
+    np.testing.assert_array_equal(labels > 0, kidney_r | kidney_l)
+    assert len(discarded) == 1 and discarded[0]["ml"] == pytest.approx(encased.sum() * 0.008, abs=0.05)
