@@ -181,7 +181,8 @@ def test_find_scans_reads_each_cases_own_label_names(tmp_path):
 
 def test_surface_metrics_and_found_kidneys_on_known_masks():
     pytest.importorskip("monai")
-    from KidneyTumorSegLib.training.evaluate_real import kidneys_found, surface_metrics
+    from KidneyTumorSegLib.training.evaluate_real import surface_metrics
+    from KidneyTumorSegLib.training.metrics import kidneys_found
 
     truth = np.zeros((30, 30, 30), bool)
     truth[5:15, 5:15, 5:15] = True
@@ -244,3 +245,31 @@ def test_held_out_body_phantoms_carry_their_draw_into_the_evaluation_report(tmp_
     assert drawn["phantom"]["phase"] == info["phase"] and drawn["phantom"]["tumour_type"] == info["tumour_type"]
     assert "phantom" not in plain
     json.dumps(report)  # the draw stays JSON-able
+
+
+def test_a_displaced_kidney_is_painted_lower_and_nearer_the_midline_and_nothing_else_changes():
+    """--displace-kidney's painting: one kidney moves caudally by the drawn distance (LPS: -z) and
+    towards the midline; the other kidney and every other draw stay as they were without it."""
+    body = toy_body()
+    plain_ct, plain, plain_info = paint_body(body, None, seed=3, config=PaintConfig(**STILL))
+    ct, moved, info = paint_body(body, None, seed=3, config=PaintConfig(**STILL, displaced_kidney_mm=(20.0, 30.0)))
+    d = info["displaced"]
+    assert 20.0 - 2.0 <= d["down_mm"] <= 30.0 + 2.0 and d["medial_mm"] >= 0.0
+    assert {k: v for k, v in info.items() if k != "displaced"} == plain_info
+    sides = {"right": lambda a: a[:, :, :45], "left": lambda a: a[:, :, 45:]}  # midline at x index 45
+    mover, other = sides[d["side"]], sides["left" if d["side"] == "right" else "right"]
+    np.testing.assert_array_equal(other(moved.array) > 0, other(plain.array) > 0)
+    z_plain, z_moved = (np.argwhere(mover(a.array) > 0)[:, 0].mean() for a in (plain, moved))
+    assert (z_plain - z_moved) * 2.0 == pytest.approx(d["down_mm"], abs=2.5)  # 2 mm slices; a few voxels may clip
+    x_plain, x_moved = (np.argwhere(mover(a.array) > 0)[:, 2].mean() for a in (plain, moved))
+    assert abs(x_moved - 45) <= abs(x_plain - 45)
+
+
+def test_displace_kidney_needs_painted_bodies_and_two_distances(tmp_path, capsys):
+    from KidneyTumorSegLib.cli import main
+
+    for args, words in ((["--displace-kidney", "60,120"], "--in-bodies"), (["--displace-kidney", "60"], "LO,HI"),
+                        (["--displace-kidney", "90,30", "--in-bodies", str(tmp_path)], "LO <= HI")):
+        code = main(["evaluate", "--kits-masks", str(tmp_path), "--cases", "case_00000", *args])
+        err = capsys.readouterr().err
+        assert code != 0 and words in err and "Traceback" not in err

@@ -107,11 +107,32 @@ def _sides_of(mask: np.ndarray, grid_x: np.ndarray, midline_x: float | None = No
     return {"right" if xs[0] < mid else "left": mask.copy()}
 
 
+@dataclass(frozen=True)
+class Displacement:
+    """One kidney moved from its fossa, in voxels of the painting grid: ``down`` slices caudally and
+    ``medial`` columns towards the midline (a low or pelvic kidney)."""
+
+    side: str
+    down: int
+    medial: int
+
+
+def _paste(labels: np.ndarray, part: np.ndarray, shift) -> None:
+    """``part``'s labels (on the same grid) moved by ``shift`` voxels into ``labels``; what leaves the grid is lost."""
+    zyx = np.argwhere(part > 0)
+    dst = zyx + np.asarray(shift, int)
+    ok = np.all((dst >= 0) & (dst < np.asarray(labels.shape)), axis=1)
+    dst, src = dst[ok], part[tuple(zyx[ok].T)]
+    labels[tuple(dst.T)] = np.maximum(labels[tuple(dst.T)], src)
+
+
 def place_kidneys(tissue_ids: np.ndarray, body_ids: np.ndarray, body: Body, kits: Volume | None,
-                  rng: np.random.Generator, kits_midline_x: float | None = None) -> np.ndarray:
+                  rng: np.random.Generator, kits_midline_x: float | None = None,
+                  displaced: Displacement | None = None) -> np.ndarray:
     """Labels 0/1/2 on the grid: each body kidney replaced by the same side of ``kits`` (moved so the
     centres coincide), or kept as the body's own kidney shape when ``kits`` is None or lacks it.
-    The removed body kidney becomes perirenal fat; the inserted kidney overwrites soft organs."""
+    The removed body kidney becomes perirenal fat; the inserted kidney overwrites soft organs.
+    ``displaced`` moves one side's kidney further, away from the body's kidney position."""
     labels = np.zeros(body_ids.shape, np.uint8)
     kits_sides = {}
     if kits is not None:
@@ -123,18 +144,16 @@ def place_kidneys(tissue_ids: np.ndarray, body_ids: np.ndarray, body: Body, kits
             continue
         tissue_ids[own] = ts.FAT
         part = kits_sides.get(side)
-        if part is None:
-            labels[own] = 1
+        move = np.zeros(3, int)
+        if displaced is not None and displaced.side == side:  # LPS: +z superior, the right side at low x
+            move = np.array([-displaced.down, 0, displaced.medial if side == "right" else -displaced.medial])
+        if part is None:  # the body's own kidney, moved only if displaced
+            _paste(labels, own.astype(np.uint8), move)
             continue
         zyx = np.argwhere(part > 0)
-        kc = zyx.mean(0)
-        target = np.argwhere(own).mean(0)
         # voxel offset, kits and body grids share the spacing (both canonical at the same spacing)
-        shift = np.round(target - kc + rng.normal(0.0, 2.0, 3)).astype(int)
-        dst = zyx + shift
-        ok = np.all((dst >= 0) & (dst < np.asarray(labels.shape)), axis=1)
-        dst, srcv = dst[ok], part[tuple(zyx[ok].T)]
-        labels[tuple(dst.T)] = np.maximum(labels[tuple(dst.T)], srcv)
+        shift = np.round(np.argwhere(own).mean(0) - zyx.mean(0) + rng.normal(0.0, 2.0, 3)).astype(int)
+        _paste(labels, part, shift + move)
     kidney = labels > 0
     bone = np.isin(tissue_ids, (ts.CORTICAL, ts.CANCELLOUS))
     labels[bone & kidney] = 0  # a kidney never pushes through a vertebra or rib
@@ -252,6 +271,22 @@ class PaintConfig:
     pixel_mm: tuple[float, float] = (0.5, 3.0)
     noise_sd: tuple[float, float] = (6.0, 30.0)  # at 0.75 mm pixels and 1 mm slices
     table_prob: float = 0.5
+    # (lo, hi) mm: one kidney, of a random side, moved this far caudally (and up to 30 % of its
+    # distance to the midline medially), as a low or pelvic kidney lies; None: kidneys where the body has them
+    displaced_kidney_mm: tuple[float, float] | None = None
+
+
+def _displacement(rng: np.random.Generator, cfg: PaintConfig, ids: np.ndarray, body: Body, sp_zyx) -> Displacement | None:
+    """The drawn displacement of one of the body's kidneys, in voxels (None without kidneys)."""
+    sides = [side for side, kid in sorted(body.kidney_ids.items()) if (ids == kid).any()]
+    if not sides:
+        return None
+    side = str(rng.choice(sides))
+    own_x = np.argwhere(ids == body.kidney_ids[side])[:, 2].mean()
+    body_x = np.argwhere(ids > 0)[:, 2].mean()
+    down_mm = rng.uniform(*cfg.displaced_kidney_mm)
+    medial_vox = rng.uniform(0.0, 0.3) * abs(body_x - own_x)
+    return Displacement(side, int(round(down_mm / sp_zyx[0])), int(round(medial_vox)))
 
 
 def paint_body(body: Body, kits: Volume | None, seed: int, config: PaintConfig | None = None,
@@ -262,14 +297,16 @@ def paint_body(body: Body, kits: Volume | None, seed: int, config: PaintConfig |
     ``kits_midline_x``: the LPS x of the midline of the scan the mask was drawn on (see ``_sides_of``).
     """
     cfg = config or PaintConfig()
-    r_warp, r_tis, r_kid, r_int, r_tex, r_scan = (
-        np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 11]).spawn(6))
+    # seven streams; the seventh (displacement) leaves the first six, and so every other draw, unchanged
+    r_warp, r_tis, r_kid, r_int, r_tex, r_scan, r_move = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 11]).spawn(7))
     ids_vol = warp_body(body, r_warp, cfg.spacing_mm, cfg.deform, cfg.z_fov_mm)
     ids = ids_vol.array
     sp_zyx = tuple(cfg.spacing_mm[::-1])
     tissue, inside = body_tissues(ids, body, sp_zyx, r_tis)
     grid = Grid(*[ids_vol.origin[i] + cfg.spacing_mm[i] * np.arange(ids.shape[2 - i]) for i in range(3)])
-    labels = place_kidneys(tissue, ids, body, kits, r_kid, kits_midline_x)
+    displaced = _displacement(r_move, cfg, ids, body, sp_zyx) if cfg.displaced_kidney_mm else None
+    labels = place_kidneys(tissue, ids, body, kits, r_kid, kits_midline_x, displaced)
     if cfg.table_prob and r_tis.random() < cfg.table_prob:
         rows = np.nonzero(inside.any(axis=(0, 2)))[0]
         if rows.size:
@@ -309,5 +346,8 @@ def paint_body(body: Body, kits: Volume | None, seed: int, config: PaintConfig |
     np.clip(ct, -1024, 3071, out=ct)
     info = {"phase": draw.phase, "tumour_type": draw.tumour_type, "thickness_mm": float(thickness),
             "pixel_mm": float(pixel), "noise_sd": noise_sd, "body": body.name}
+    if displaced is not None:
+        info["displaced"] = {"side": displaced.side, "down_mm": displaced.down * sp_zyx[0],
+                             "medial_mm": displaced.medial * sp_zyx[2]}
     geo = dict(spacing=cfg.spacing_mm, origin=ids_vol.origin, direction=np.eye(3))
     return Volume(ct.astype(np.float32), **geo), Volume(labels, **geo), info

@@ -406,12 +406,28 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                    "ones: a folder of TotalSegmentator-style cases (CASE/labels.nii.gz with names in labels.json or "
                    "../classes.json); comma-separated case names may follow a colon (DIR:s0001,s0004)")
     p.add_argument("--grid-mm", default="1.5,1.5,3.0", help="voxel spacing x,y,z of the phantom CTs")
+    p.add_argument("--displace-kidney", metavar="LO,HI",
+                   help="with --in-bodies: move one kidney of each phantom LO to HI mm caudally (and somewhat "
+                   "medially), as a low or pelvic kidney lies")
     p.add_argument("--seed", type=int, default=0, help="random seed of the phantoms")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", help="write the JSON report here (default: print it)")
     p.add_argument("--progress", choices=("bar", "none"), default="bar", help="a progress bar on stderr, or none")
     p.set_defaults(func=run_evaluate)
     return p
+
+
+def _displacement_mm(text: str | None) -> tuple[float, float] | None:
+    """``--displace-kidney LO,HI`` as millimetres (0 <= LO <= HI), None when not given."""
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--displace-kidney takes two distances in mm, LO,HI (for example 60,120), not {text!r}.")
+    if not 0 <= lo <= hi:
+        raise InputError(f"--displace-kidney needs 0 <= LO <= HI, not {text!r}.")
+    return lo, hi
 
 
 def _write_report(report: dict, out) -> None:
@@ -461,6 +477,9 @@ def run_evaluate(args) -> int:
     grid = tuple(float(v) for v in args.grid_mm.split(","))
     if len(grid) != 3 or min(grid) <= 0:
         raise InputError("--grid-mm needs three positive spacings, e.g. 1.5,1.5,3.0.")
+    displaced = _displacement_mm(args.displace_kidney)
+    if displaced and not args.in_bodies:
+        raise InputError("--displace-kidney moves kidneys in painted bodies: give --in-bodies as well.")
     masks = {}
     if args.kits_masks:
         cases = parse_cases(args.cases)
@@ -484,7 +503,7 @@ def run_evaluate(args) -> int:
             bodies = [b for b in bodies if b.parent.name in names.split(",")]
         if not bodies:
             raise InputError(f"{args.in_bodies} names no body label map (CASE/labels.nii.gz).")
-        cases = real_body_cases(masks, bodies, args.seed, grid)
+        cases = real_body_cases(masks, bodies, args.seed, grid, displaced)
     else:
         cases = heldout_cases(masks, args.procedural, args.seed, grid)
     report = evaluate(bundle, cases, args.device, bar, n)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..volume import Volume
-from .metrics import false_tumour, segmentation_dice
+from .metrics import false_tumour, kidneys_found, segmentation_dice
 from .real_sources import mask_of
 from .seeds import stable_seed
 
@@ -69,21 +69,23 @@ def heldout_cases(
         yield f"eval_proc_{i:04d}", ct, truth
 
 
-def real_body_phantom(body, mask_path, case_id: str, seed: int, grid_mm=DEFAULT_GRID_MM):
-    """(ct, truth) for one mask painted into a real body (a ``phantoms.bodies.Body``) on a CT-like
-    grid: the body's whole field of view, deformed as a training draw is (its own seed), its kidneys
-    replaced by the mask's, in a contrast phase (the tumour targets are for contrast CT)."""
+def real_body_phantom(body, mask_path, case_id: str, seed: int, grid_mm=DEFAULT_GRID_MM, displaced_mm=None):
+    """(ct, truth, draw) for one mask painted into a real body (a ``phantoms.bodies.Body``) on a
+    CT-like grid: the body's whole field of view, deformed as a training draw is (its own seed), its
+    kidneys replaced by the mask's, in a contrast phase (the tumour targets are for contrast CT).
+    ``displaced_mm`` (lo, hi): one kidney moved that far caudally, a low or pelvic kidney."""
     from ..phantoms.realbody import PaintConfig, paint_body
     from .real_sources import kits_on_grid
 
     kits, midline = kits_on_grid(Path(mask_path), grid_mm)
-    config = PaintConfig(spacing_mm=tuple(grid_mm), z_fov_mm=None, mode_weights=(1.0, 0.0, 0.0))  # contrast CT
+    config = PaintConfig(spacing_mm=tuple(grid_mm), z_fov_mm=None, mode_weights=(1.0, 0.0, 0.0),  # contrast CT
+                         displaced_kidney_mm=displaced_mm)
     ct, truth, info = paint_body(body, kits, stable_seed(seed, "eval-body", case_id), config, midline)
     return ct, truth, info
 
 
-def real_body_cases(masks: dict[str, Path], bodies: list[Path], seed: int = 0, grid_mm=DEFAULT_GRID_MM
-                    ) -> Iterator[tuple[str, Volume, Volume]]:
+def real_body_cases(masks: dict[str, Path], bodies: list[Path], seed: int = 0, grid_mm=DEFAULT_GRID_MM,
+                    displaced_mm=None) -> Iterator[tuple[str, Volume, Volume, dict]]:
     """Held-out masks painted into real bodies, the bodies taken in turn; ids ``body@case``. Each
     body's label map is read once. Each item also carries the painting's draw (phase, tumour type,
     slice thickness, ...), which the report keeps so that results can be read per draw."""
@@ -94,7 +96,7 @@ def real_body_cases(masks: dict[str, Path], bodies: list[Path], seed: int = 0, g
         body_path = Path(bodies[i % len(bodies)])
         if body_path not in read:
             read[body_path] = read_body(body_path)
-        ct, truth, info = real_body_phantom(read[body_path], path, case_id, seed, grid_mm)
+        ct, truth, info = real_body_phantom(read[body_path], path, case_id, seed, grid_mm, displaced_mm)
         yield f"{body_path.parent.name}@{case_id}", ct, truth, info
 
 
@@ -139,11 +141,13 @@ def evaluate(
         result = pipe.run(ct)
         scores = segmentation_dice(result.labels.array, truth.array)
         false = false_tumour(result.labels.array, truth.array, truth.voxel_volume_ml)
+        found = kidneys_found(result.labels.array > 0, truth.array > 0)
         per_case.append(
             {
                 "case": case_id,
                 "kidney_dice": round(scores["kidney"], 4),
                 "tumour_dice": round(scores["tumour"], 4),
+                "kidneys_found": f"{found['found']} of {found['true_kidneys']}",
                 "truth_tumour_ml": round(float((truth.array == 2).sum()) * truth.voxel_volume_ml, 2),
                 "predicted_tumour_ml": round(float((result.labels.array == 2).sum()) * truth.voxel_volume_ml, 2),
                 "false_tumour_components": false["components"],
@@ -168,7 +172,10 @@ def evaluate(
             "components": sum(c["false_tumour_components"] for c in per_case),
             "ml_total": round(sum(c["false_tumour_ml"] for c in per_case), 2),
         },
-        "note": "tumour Dice summarised over cases whose truth has a tumour",
+        "kidneys_found": f"{sum(int(c['kidneys_found'].split()[0]) for c in per_case)} of "
+                         f"{sum(int(c['kidneys_found'].split()[-1]) for c in per_case)}",
+        "note": "tumour Dice summarised over cases whose truth has a tumour; a kidney is found when "
+                "the prediction covers at least 30 % of it",
         "any_seen_in_training": any(c["seen_in_training"] for c in per_case),
     }
 

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from ..labelled_scans import LabelledScan
 from .evaluate import _stats
-from .metrics import dice, false_tumour
+from .metrics import dice, false_tumour, kidneys_found
 from .real_sources import scan_of
 
 FREE_MARGIN_MM = 10.0
@@ -48,19 +48,6 @@ def surface_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx) -> dict:
         hd = compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=sp)
         nsd = compute_surface_dice(p, t, class_thresholds=[NSD_TOLERANCE_MM], include_background=True, spacing=sp)
     return {"hd95_mm": round(float(hd.item()), 2), "nsd_2mm": round(float(nsd.item()), 4)}
-
-
-def kidneys_found(pred: np.ndarray, truth: np.ndarray, min_overlap: float = 0.3) -> dict:
-    """Each true kidney component (largest two) and whether the prediction covers >= ``min_overlap``
-    of it, ordered by x (LPS: the patient's right kidney first)."""
-    comps, n = ndimage.label(truth)
-    if n == 0:
-        return {"true_kidneys": 0, "found": 0}
-    sizes = ndimage.sum(truth, comps, np.arange(1, n + 1))
-    keep = np.argsort(sizes)[::-1][:2] + 1
-    cover = [float((pred & (comps == c)).sum()) / float((comps == c).sum()) for c in keep]
-    return {"true_kidneys": int(len(keep)), "found": int(sum(c >= min_overlap for c in cover)),
-            "coverage": [round(c, 3) for c in cover]}
 
 
 def free_slices(truth: np.ndarray | None, n_slices: int, spacing_z: float, given: tuple | None, whole: bool):

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 COLUMNS = (
     "network",
@@ -154,3 +155,16 @@ def _num(value):
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
+
+
+def kidneys_found(pred: np.ndarray, truth: np.ndarray, min_overlap: float = 0.3) -> dict:
+    """Each true kidney component (largest two) and whether the prediction covers >= ``min_overlap``
+    of it, ordered by x (LPS: the patient's right kidney first)."""
+    comps, n = ndimage.label(truth)
+    if n == 0:
+        return {"true_kidneys": 0, "found": 0}
+    sizes = ndimage.sum(truth, comps, np.arange(1, n + 1))
+    keep = np.argsort(sizes)[::-1][:2] + 1
+    cover = [float((pred & (comps == c)).sum()) / float((comps == c).sum()) for c in keep]
+    return {"true_kidneys": int(len(keep)), "found": int(sum(c >= min_overlap for c in cover)),
+            "coverage": [round(c, 3) for c in cover]}
