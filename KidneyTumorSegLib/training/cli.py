@@ -424,7 +424,7 @@ def _displacement_mm(text: str | None) -> tuple[float, float] | None:
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
-        raise InputError(f"--displace-kidney takes two distances in mm, LO,HI (for example 60,120), not {text!r}.")
+        raise InputError(f"--displace-kidney takes two distances in mm, LO,HI (for example 60,120), not {text!r}.") from None
     if not 0 <= lo <= hi:
         raise InputError(f"--displace-kidney needs 0 <= LO <= HI, not {text!r}.")
     return lo, hi
