@@ -2,6 +2,8 @@
 
 - a kidney is a connected component of the kidney-with-tumour region that holds real kidney tissue
   of at least ``min_kidney_ml``; everything else (a tumour blob far from any kidney, speckle) goes;
+- per side, the region the xy-localiser's kidney mask covers most wins (two networks agreeing), and
+  a region the localiser never marked goes;
 - tumour is kept only inside a kept kidney region (attached to it by construction);
 - sides come from each kidney's position relative to the body's midline (LPS: +x is the
   patient's left).
