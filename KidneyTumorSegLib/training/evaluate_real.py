@@ -129,6 +129,7 @@ def evaluate_scans(weights, scans: list[LabelledScan], kidney_free: dict | None 
                "kidney_free_slices": int(free.size),
                "false_kidney_ml_in_free_slices": round(float(pred[free].sum()) * voxel_ml, 2) if free.size else None,
                "contrast": result.report.get("contrast"),
+               "discarded_regions": result.report.get("discarded_regions", []),
                "seen_in_training": scan.name in seen_real}
         if truth is not None and true_kidney.any():
             row["kidney_dice"] = round(dice(pred, true_kidney), 4)
