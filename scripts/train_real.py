@@ -29,6 +29,7 @@ DATA = REPO.parent / "shared" / "data"
 BODIES_WITH_KIDNEYS = ("s0001", "s0004", "s0006")
 KIDNEY_FREE_BODIES = ("s0000",)
 REAL_FOLDS = {"ircadb": ["totalseg_s0009"], "totalseg": ["ircadb1_1"], "none": ["ircadb1_1", "totalseg_s0009"]}
+DISPLACED_MM = (40.0, 150.0)  # --displaced: how far one kidney is moved caudally
 
 
 def every_7th(ids: list[str]) -> list[str]:
@@ -65,6 +66,8 @@ def main(argv=None) -> int:
                    help="share of segmenter patches re-acquired with 2.5-6 mm slices (0: none)")
     p.add_argument("--random-fraction", type=float, default=0.2,
                    help="share of segmenter patches centred anywhere in the scan (the rest on kidney or tumour)")
+    p.add_argument("--displaced", type=int, default=0,
+                   help="extra painted cases with one kidney moved %g-%g mm caudally (a low or pelvic kidney)" % DISPLACED_MM)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
@@ -126,6 +129,16 @@ def main(argv=None) -> int:
     scans = find_scans(data / "real_ct", names=set(real_train))
     real = RealScanSource(scans, args.real_repeats)
     sources = [painted, real]
+    displaced_ids = []
+    if args.displaced:  # extra cases of their own (ids body@dispN), so the other cases' cache stays valid
+        from KidneyTumorSegLib.phantoms.realbody import PaintConfig
+
+        for i in range(args.displaced):
+            masks[f"disp{i}"] = masks[train_m[i % len(train_m)]]
+        moved = RealBodySource(bodies, [(shared[(i + 3) % len(shared)], f"disp{i}") for i in range(args.displaced)],
+                               masks, seed=args.seed, paint_config=PaintConfig(displaced_kidney_mm=DISPLACED_MM))
+        sources.append(moved)
+        displaced_ids = moved.case_ids()
     procedural = []
     if args.procedural:
         from KidneyTumorSegLib.training.sources import PhantomSource
@@ -136,7 +149,7 @@ def main(argv=None) -> int:
         procedural = old.case_ids()
     source = MultiSource(sources)
     val_ids = {f"{b}@{m}" for b, m in val_pairs}
-    split = {"train": [c for c in painted.case_ids() if c not in val_ids] + real.case_ids() + procedural,
+    split = {"train": [c for c in painted.case_ids() if c not in val_ids] + real.case_ids() + procedural + displaced_ids,
              "val": sorted(val_ids), "excluded": sorted(held), "held_out_real": sorted(
                  {"ircadb1_1", "totalseg_s0009"} - set(real_train)) + ["totalseg_s0002", "totalseg_s0003", "ircadb1_17"]}
     split_path = out / "split.json"
