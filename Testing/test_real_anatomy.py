@@ -244,6 +244,9 @@ def test_held_out_body_phantoms_carry_their_draw_into_the_evaluation_report(tmp_
     drawn, plain = report["cases"]
     assert drawn["phantom"]["phase"] == info["phase"] and drawn["phantom"]["tumour_type"] == info["tumour_type"]
     assert "phantom" not in plain
+    by_type = report["tumour_dice_by_type"]
+    assert list(by_type) == [info["tumour_type"]] and by_type[info["tumour_type"]]["n"] == 1  # the plain case has no draw
+    assert by_type[info["tumour_type"]]["mean"] == drawn["tumour_dice"]
     json.dumps(report)  # the draw stays JSON-able
 
 

@@ -100,6 +100,17 @@ def real_body_cases(masks: dict[str, Path], bodies: list[Path], seed: int = 0, g
         yield f"{body_path.parent.name}@{case_id}", ct, truth, info
 
 
+def _tumour_dice_by_type(per_case: list[dict]) -> dict:
+    """Tumour Dice per drawn tumour type (hyper-, hypo-, iso-attenuating, cystic), for phantoms that
+    record their draw: an iso-attenuating tumour is nearly invisible, and a mean over all types hides it."""
+    by_type: dict[str, list[float]] = {}
+    for c in per_case:
+        kind = c.get("phantom", {}).get("tumour_type")
+        if kind and c["truth_tumour_ml"] > 0:
+            by_type.setdefault(kind, []).append(c["tumour_dice"])
+    return {"tumour_dice_by_type": {k: _stats(v) for k, v in sorted(by_type.items())}} if by_type else {}
+
+
 def _rounded(info: dict) -> dict:
     """A phantom's draw for the report: floats to 3 decimals."""
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in info.items()}
@@ -167,6 +178,7 @@ def evaluate(
         "cases": per_case,
         "kidney_dice": _stats(kidney),
         "tumour_dice": _stats(tumour),
+        **_tumour_dice_by_type(per_case),
         "false_tumour": {
             "cases_with_any": sum(1 for c in per_case if c["false_tumour_components"]),
             "components": sum(c["false_tumour_components"] for c in per_case),
