@@ -30,6 +30,7 @@ BODIES_WITH_KIDNEYS = ("s0001", "s0004", "s0006")
 KIDNEY_FREE_BODIES = ("s0000",)
 REAL_FOLDS = {"ircadb": ["totalseg_s0009"], "totalseg": ["ircadb1_1"], "none": ["ircadb1_1", "totalseg_s0009"]}
 DISPLACED_MM = (40.0, 150.0)  # --displaced: how far one kidney is moved caudally
+DISPLACED_VAL = 2  # --displaced: validation cases with a displaced kidney (from the validation masks)
 
 
 def every_7th(ids: list[str]) -> list[str]:
@@ -129,16 +130,21 @@ def main(argv=None) -> int:
     scans = find_scans(data / "real_ct", names=set(real_train))
     real = RealScanSource(scans, args.real_repeats)
     sources = [painted, real]
-    displaced_ids = []
+    displaced_ids, displaced_val = [], []
     if args.displaced:  # extra cases of their own (ids body@dispN), so the other cases' cache stays valid
         from KidneyTumorSegLib.phantoms.realbody import PaintConfig
 
+        pairs = []
         for i in range(args.displaced):
             masks[f"disp{i}"] = masks[train_m[i % len(train_m)]]
-        moved = RealBodySource(bodies, [(shared[(i + 3) % len(shared)], f"disp{i}") for i in range(args.displaced)],
-                               masks, seed=args.seed, paint_config=PaintConfig(displaced_kidney_mm=DISPLACED_MM))
+            pairs.append((shared[(i + 3) % len(shared)], f"disp{i}"))
+        for i in range(DISPLACED_VAL):  # validation sees displaced kidneys too, so a run is judged on them
+            masks[f"dispval{i}"] = masks[val_m[i % len(val_m)]]
+            pairs.append((shared[(i + 5) % len(shared)], f"dispval{i}"))
+        moved = RealBodySource(bodies, pairs, masks, seed=args.seed, paint_config=PaintConfig(displaced_kidney_mm=DISPLACED_MM))
         sources.append(moved)
-        displaced_ids = moved.case_ids()
+        displaced_val = [c for c in moved.case_ids() if "@dispval" in c]
+        displaced_ids = [c for c in moved.case_ids() if c not in displaced_val]
     procedural = []
     if args.procedural:
         from KidneyTumorSegLib.training.sources import PhantomSource
@@ -150,7 +156,7 @@ def main(argv=None) -> int:
     source = MultiSource(sources)
     val_ids = {f"{b}@{m}" for b, m in val_pairs}
     split = {"train": [c for c in painted.case_ids() if c not in val_ids] + real.case_ids() + procedural + displaced_ids,
-             "val": sorted(val_ids), "excluded": sorted(held), "held_out_real": sorted(
+             "val": sorted(val_ids) + displaced_val, "excluded": sorted(held), "held_out_real": sorted(
                  {"ircadb1_1", "totalseg_s0009"} - set(real_train)) + ["totalseg_s0002", "totalseg_s0003", "ircadb1_17"]}
     split_path = out / "split.json"
     if args.resume and split_path.exists():
