@@ -1,10 +1,14 @@
 """Every number a training decision looks at, for one bundle: real CTs first, held-out phantoms second.
 
     python scripts/evaluate_bundle.py BUNDLE OUT_DIR [--heldout 10] [--grid-mm 1.5,1.5,3.0]
+        [--variants DIR] [--displaced]
 
 Writes ``OUT_DIR/real_ct.json`` (+ overlays) from ``evaluate --scans ../shared/data/real_ct`` with
 the kidney-free regions the data README names, and ``OUT_DIR/heldout_bodies.json`` from held-out
 KiTS19 masks (every 7th from case_00003, never trained on) painted into the TotalSegmentator bodies.
+``--variants DIR`` (written by ``scripts/scanner_variants.py``) adds ``scanner_variants.json``, the
+variants of kidney-free scans counted as kidney-free; ``--displaced`` adds
+``heldout_bodies_displaced.json``, the same phantoms with one kidney moved 50-120 mm caudally.
 A scan a network trained on is marked ``seen_in_training`` and must not be quoted.
 """
 
@@ -18,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 KIDNEY_FREE = ["totalseg_s0002", "totalseg_s0003", "ircadb1_17:80-118"]
+DISPLACED_MM = "50,120"
 
 
 def main(argv=None) -> int:
@@ -27,6 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--heldout", type=int, default=10, help="held-out KiTS19 masks to paint (0: none)")
     p.add_argument("--grid-mm", default="1.5,1.5,3.0")
     p.add_argument("--data", default=str(DATA))
+    p.add_argument("--variants", help="a folder of scanner variants (scripts/scanner_variants.py) to evaluate too")
+    p.add_argument("--displaced", action="store_true", help="also the held-out phantoms with a displaced kidney")
     args = p.parse_args(argv)
     from KidneyTumorSegLib.cli import main as cli
 
@@ -36,13 +43,23 @@ def main(argv=None) -> int:
     free = [a for spec in KIDNEY_FREE for a in ("--kidney-free", spec)]
     code = cli(["evaluate", "--weights", args.bundle, "--scans", str(data / "real_ct"), *free,
                 "--overlays", str(out / "overlays"), "--out", str(out / "real_ct.json")])
+    if not code and args.variants:
+        whole_free = [spec for spec in KIDNEY_FREE if ":" not in spec]
+        names = sorted(d.name for d in Path(args.variants).iterdir() if d.is_dir())
+        free = [a for n in names if any(n.startswith(f + "_") for f in whole_free) for a in ("--kidney-free", n)]
+        code = cli(["evaluate", "--weights", args.bundle, "--scans", args.variants, *free,
+                    "--overlays", str(out / "variant_overlays"), "--out", str(out / "scanner_variants.json")])
     if code or not args.heldout:
         return code
     k19 = sorted(p.parent.name for p in (data / "kits19").glob("case_*/segmentation.nii.gz"))
     held = [c for i, c in enumerate(k19) if i % 7 == 3][: args.heldout]
-    return cli(["evaluate", "--weights", args.bundle, "--kits-masks", str(data / "kits19"), "--cases", ",".join(held),
-                "--in-bodies", str(data / "anatomy" / "totalsegmentator") + ":s0001,s0004,s0006",
-                "--grid-mm", args.grid_mm, "--out", str(out / "heldout_bodies.json")])
+    bodies = ["--kits-masks", str(data / "kits19"), "--cases", ",".join(held),
+              "--in-bodies", str(data / "anatomy" / "totalsegmentator") + ":s0001,s0004,s0006", "--grid-mm", args.grid_mm]
+    code = cli(["evaluate", "--weights", args.bundle, *bodies, "--out", str(out / "heldout_bodies.json")])
+    if code or not args.displaced:
+        return code
+    return cli(["evaluate", "--weights", args.bundle, *bodies, "--displace-kidney", DISPLACED_MM,
+                "--out", str(out / "heldout_bodies_displaced.json")])
 
 
 if __name__ == "__main__":
