@@ -276,3 +276,12 @@ def test_displace_kidney_needs_painted_bodies_and_two_distances(tmp_path, capsys
         code = main(["evaluate", "--kits-masks", str(tmp_path), "--cases", "case_00000", *args])
         err = capsys.readouterr().err
         assert code != 0 and words in err and "Traceback" not in err
+
+
+def test_a_variant_of_a_scan_seen_in_training_counts_as_seen():
+    from KidneyTumorSegLib.training.evaluate_real import derived_from_any
+
+    seen = {"ircadb1_1"}
+    assert derived_from_any("ircadb1_1", seen) and derived_from_any("ircadb1_1_slice5mm", seen)
+    assert not derived_from_any("ircadb1_17", seen) and not derived_from_any("ircadb1_17_noise25", seen)
+    assert not derived_from_any("totalseg_s0009_slice3mm", seen)

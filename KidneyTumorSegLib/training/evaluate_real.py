@@ -50,6 +50,12 @@ def surface_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx) -> dict:
     return {"hd95_mm": round(float(hd.item()), 2), "nsd_2mm": round(float(nsd.item()), 4)}
 
 
+def derived_from_any(name: str, scans) -> bool:
+    """Whether scan ``name`` is one of ``scans`` or a variant written from one (``scripts/scanner_variants.py``
+    names them ``SCAN_VARIANT``): a network that trained on a scan has seen its variants too."""
+    return any(name == s or name.startswith(s + "_") for s in scans)
+
+
 def free_slices(truth: np.ndarray | None, n_slices: int, spacing_z: float, given: tuple | None, whole: bool):
     """Slice indices where no kidney is known to be (see the module docstring), or empty."""
     if whole:
@@ -130,7 +136,7 @@ def evaluate_scans(weights, scans: list[LabelledScan], kidney_free: dict | None 
                "false_kidney_ml_in_free_slices": round(float(pred[free].sum()) * voxel_ml, 2) if free.size else None,
                "contrast": result.report.get("contrast"),
                "discarded_regions": result.report.get("discarded_regions", []),
-               "seen_in_training": scan.name in seen_real}
+               "seen_in_training": derived_from_any(scan.name, seen_real)}
         if truth is not None and true_kidney.any():
             row["kidney_dice"] = round(dice(pred, true_kidney), 4)
             row.update(kidneys_found(pred, true_kidney))
