@@ -2,7 +2,8 @@
 
 It only composes the stages (each a plain function elsewhere): input checks -> localiser grid ->
 z-localiser -> xy-localiser -> kidney boxes -> segmenter windows on a canvas around the boxes ->
-stitching -> post-processing -> anatomical plausibility -> labels back onto the input grid -> sides and measurements.
+stitching -> post-processing (per side, the region the xy-localiser also marked; a region bone encases
+hands its side to the next) -> labels back onto the input grid -> sides and measurements.
 Each run has its own :class:`~.run_context.RunContext` (progress, cancel, warnings, clock, device),
 so a GPU that ran out of memory in one run is tried again in the next.
 """
