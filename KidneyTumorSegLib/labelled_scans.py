@@ -109,6 +109,23 @@ class LabelledScan:
             raise InputError(f"The image and label map of {self.name} lie on different grids.")
         return ct, lab.with_array(self.mapping.apply(np.asarray(lab.array)))
 
+    def organ_masks(self, organs=("liver", "spleen")) -> dict[str, np.ndarray]:
+        """Masks of the named organs the case's ``labels.json`` lists (exact names, any case), for
+        counting kidney predicted inside them; empty without labels or names."""
+        import json
+
+        names = self.labels.parent / "labels.json" if self.labels is not None else None
+        if names is None or not names.exists():
+            return {}
+        table = {v.lower().replace(" ", ""): int(k) for k, v in json.loads(names.read_text()).items()}
+        wanted = {o: table[o] for o in organs if o in table}
+        if not wanted:
+            return {}
+        from .io import read_volume
+
+        lab = np.asarray(read_volume(self.labels).array)
+        return {o: lab == i for o, i in wanted.items()}
+
 
 def _first(folder: Path, names) -> Path | None:
     return next((folder / n for n in names if (folder / n).exists()), None)

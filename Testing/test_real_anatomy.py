@@ -285,3 +285,24 @@ def test_a_variant_of_a_scan_seen_in_training_counts_as_seen():
     assert derived_from_any("ircadb1_1", seen) and derived_from_any("ircadb1_1_slice5mm", seen)
     assert not derived_from_any("ircadb1_17", seen) and not derived_from_any("ircadb1_17_noise25", seen)
     assert not derived_from_any("totalseg_s0009_slice3mm", seen)
+
+
+def test_evaluate_scans_counts_kidney_predicted_inside_the_liver_and_spleen(tmp_path):
+    """A prediction that covers the labelled liver is reported per organ, in mL."""
+    from KidneyTumorSegLib.labelled_scans import find_scans
+    from KidneyTumorSegLib.training.evaluate_real import evaluate_scans
+
+    from .test_pipeline import body_ct, bundle_with_heads
+
+    ct = body_ct()  # (36, 80, 90) at 1.6 x 1.6 x 4 mm
+    lab = np.zeros(ct.array.shape, np.uint8)
+    lab[10:20, 30:50, 20:40] = 1  # right kidney
+    lab[5:30, 10:30, 50:80] = 13  # liver
+    _write_case(tmp_path, "withliver", ct.array, lab, {"1": "rightkidney", "13": "Liver", "24": "spleen"}, ct.spacing)
+    _write_case(tmp_path, "kidneyonly", ct.array, lab, {"1": "rightkidney"}, ct.spacing)
+    assert set(find_scans(tmp_path)[1].organ_masks()) == {"liver", "spleen"}
+    report = evaluate_scans(bundle_with_heads(10, 10, 10, -10), find_scans(tmp_path), device="cpu")  # kidney everywhere
+    rows = {r["case"]: r for r in report["cases"]}
+    liver_ml = float((lab == 13).sum()) * ct.voxel_volume_ml
+    assert rows["withliver"]["predicted_in_organs_ml"] == {"liver": pytest.approx(liver_ml, abs=0.1), "spleen": 0.0}
+    assert "predicted_in_organs_ml" not in rows["kidneyonly"]

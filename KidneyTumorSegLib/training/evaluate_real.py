@@ -137,6 +137,9 @@ def evaluate_scans(weights, scans: list[LabelledScan], kidney_free: dict | None 
                "contrast": result.report.get("contrast"),
                "discarded_regions": result.report.get("discarded_regions", []),
                "seen_in_training": derived_from_any(scan.name, seen_real)}
+        organs = scan.organ_masks() if truth is not None else {}
+        if organs:  # a localiser or segmenter that takes the liver or spleen for kidney shows here
+            row["predicted_in_organs_ml"] = {o: round(float((pred & m).sum()) * voxel_ml, 1) for o, m in organs.items()}
         if truth is not None and true_kidney.any():
             row["kidney_dice"] = round(dice(pred, true_kidney), 4)
             row.update(kidneys_found(pred, true_kidney))
