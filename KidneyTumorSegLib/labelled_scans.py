@@ -68,17 +68,24 @@ LabelMapping.PRESETS.update({
 })
 
 
-def guess_mapping(case_dir: Path) -> LabelMapping:
-    """The mapping a case's own ``labels.json`` implies (names such as 'rightkidney' or
-    'kidney_left'); the KiTS mapping for a KiTS-layout case."""
+def label_names(case_dir: Path) -> dict[int, str]:
+    """A case's ``labels.json`` as id -> name, names lower-cased without spaces ('Right Kidney' ->
+    'rightkidney'); empty without the file."""
     import json
 
     names = case_dir / "labels.json"
-    if names.exists():
-        table = json.loads(names.read_text())
-        kid = tuple(int(k) for k, v in table.items() if "kidney" in v.lower().replace(" ", ""))
-        if kid:
-            return LabelMapping(kid)
+    if not names.exists():
+        return {}
+    return {int(k): v.lower().replace(" ", "") for k, v in json.loads(names.read_text()).items()}
+
+
+def guess_mapping(case_dir: Path) -> LabelMapping:
+    """The mapping a case's own ``labels.json`` implies (names such as 'rightkidney' or
+    'kidney_left'); the KiTS mapping for a KiTS-layout case."""
+    names = case_dir / "labels.json"
+    kid = tuple(i for i, v in label_names(case_dir).items() if "kidney" in v)
+    if kid:
+        return LabelMapping(kid)
     if (case_dir / "imaging.nii.gz").exists():
         return LabelMapping.PRESETS["kits"]
     if names.exists() or (case_dir.parent / "classes.json").exists():
@@ -99,6 +106,11 @@ class LabelledScan:
 
     def load(self):
         """(ct Volume, 0/1/2 labels Volume or None)."""
+        ct, lab = self.load_raw()
+        return ct, None if lab is None else lab.with_array(self.mapping.apply(np.asarray(lab.array)))
+
+    def load_raw(self):
+        """(ct Volume, the label map with its own ids, or None): for counts beyond the kidneys."""
         from .io import read_volume
 
         ct = read_volume(self.image)
@@ -107,24 +119,15 @@ class LabelledScan:
         lab = read_volume(self.labels)
         if not ct.same_grid(lab):
             raise InputError(f"The image and label map of {self.name} lie on different grids.")
-        return ct, lab.with_array(self.mapping.apply(np.asarray(lab.array)))
+        return ct, lab
 
-    def organ_masks(self, organs=("liver", "spleen")) -> dict[str, np.ndarray]:
-        """Masks of the named organs the case's ``labels.json`` lists (exact names, any case), for
-        counting kidney predicted inside them; empty without labels or names."""
-        import json
-
-        names = self.labels.parent / "labels.json" if self.labels is not None else None
-        if names is None or not names.exists():
+    def organ_ids(self, organs=("liver", "spleen")) -> dict[str, int]:
+        """The label ids of the named organs the case's ``labels.json`` lists (exact names, any
+        case), for counting kidney predicted inside them; empty without labels or names."""
+        if self.labels is None:
             return {}
-        table = {v.lower().replace(" ", ""): int(k) for k, v in json.loads(names.read_text()).items()}
-        wanted = {o: table[o] for o in organs if o in table}
-        if not wanted:
-            return {}
-        from .io import read_volume
-
-        lab = np.asarray(read_volume(self.labels).array)
-        return {o: lab == i for o, i in wanted.items()}
+        ids = {v: i for i, v in label_names(self.labels.parent).items()}
+        return {o: ids[o] for o in organs if o in ids}
 
 
 def _first(folder: Path, names) -> Path | None:

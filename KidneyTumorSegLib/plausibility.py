@@ -48,28 +48,22 @@ def bone_rim_fraction(component: np.ndarray, hu: np.ndarray, spacing_xyz, config
 
 
 def encased_regions(labels: np.ndarray, hu: np.ndarray, spacing_xyz, voxel_ml: float,
-                    config: PlausibilityConfig | None = None, min_ml: float = 0.0) -> tuple[np.ndarray, list[dict]]:
+                    config: PlausibilityConfig | None = None) -> tuple[np.ndarray, list[dict]]:
     """The kidney components of ``labels`` (0/1 kidney/2 tumour) that bone encases, as one mask, and
     an entry per component (its volume in mL and rim bone share).
 
-    Components are the connected kidney-with-tumour regions (``labels > 0``); those under ``min_ml``
-    (speckle that post-processing drops anyway) are not judged.
+    Components are the connected kidney-with-tumour regions (``labels > 0``).
     """
     cfg = config or PlausibilityConfig()
     comp, n = ndi.label(labels > 0)
     encased = np.zeros(labels.shape, bool)
     found = []
-    for i, sl in enumerate(ndi.find_objects(comp), start=1):
-        if sl is None:
-            continue
-        ml = float(np.count_nonzero(comp[sl] == i)) * voxel_ml
-        if ml < min_ml:
-            continue
+    for i in range(1, n + 1):
         mask = comp == i
         share = bone_rim_fraction(mask, hu, spacing_xyz, cfg)
         if share > cfg.max_bone_fraction:
             encased |= mask
-            found.append({"ml": round(ml, 1), "bone_rim_fraction": round(share, 3)})
+            found.append({"ml": round(float(mask.sum()) * voxel_ml, 1), "bone_rim_fraction": round(share, 3)})
     return encased, found
 
 

@@ -300,7 +300,7 @@ def test_evaluate_scans_counts_kidney_predicted_inside_the_liver_and_spleen(tmp_
     lab[5:30, 10:30, 50:80] = 13  # liver
     _write_case(tmp_path, "withliver", ct.array, lab, {"1": "rightkidney", "13": "Liver", "24": "spleen"}, ct.spacing)
     _write_case(tmp_path, "kidneyonly", ct.array, lab, {"1": "rightkidney"}, ct.spacing)
-    assert set(find_scans(tmp_path)[1].organ_masks()) == {"liver", "spleen"}
+    assert find_scans(tmp_path)[1].organ_ids() == {"liver": 13, "spleen": 24}
     report = evaluate_scans(bundle_with_heads(10, 10, 10, -10), find_scans(tmp_path), device="cpu")  # kidney everywhere
     rows = {r["case"]: r for r in report["cases"]}
     liver_ml = float((lab == 13).sum()) * ct.voxel_volume_ml

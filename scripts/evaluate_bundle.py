@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--displaced", action="store_true", help="also the held-out phantoms with a displaced kidney")
     args = p.parse_args(argv)
     from KidneyTumorSegLib.cli import main as cli
+    from KidneyTumorSegLib.training.evaluate_real import derived_from_any
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     if not code and args.variants:
         whole_free = [spec for spec in KIDNEY_FREE if ":" not in spec]
         names = sorted(d.name for d in Path(args.variants).iterdir() if d.is_dir())
-        free = [a for n in names if any(n.startswith(f + "_") for f in whole_free) for a in ("--kidney-free", n)]
+        free = [a for n in names if derived_from_any(n, whole_free) for a in ("--kidney-free", n)]
         code = cli(["evaluate", "--weights", args.bundle, "--scans", args.variants, *free,
                     "--overlays", str(out / "variant_overlays"), "--out", str(out / "scanner_variants.json")])
     if code or not args.heldout:

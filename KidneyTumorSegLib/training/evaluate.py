@@ -146,6 +146,7 @@ def evaluate(
     split = bundle.header.get("provenance", {}).get("split", {}) or {}
     seen_masks = {mask_of(c) for c in split.get("train", []) + split.get("val", [])}
     per_case = []
+    founds = []  # kidneys_found() per case, for the summary
     for i, (case_id, ct, truth, *drawn) in enumerate(cases):
         progress(i / max(1, n_cases or (i + 1)), f"evaluating {case_id}")
         t0 = time.perf_counter()
@@ -153,6 +154,7 @@ def evaluate(
         scores = segmentation_dice(result.labels.array, truth.array)
         false = false_tumour(result.labels.array, truth.array, truth.voxel_volume_ml)
         found = kidneys_found(result.labels.array > 0, truth.array > 0)
+        founds.append(found)
         per_case.append(
             {
                 "case": case_id,
@@ -184,8 +186,7 @@ def evaluate(
             "components": sum(c["false_tumour_components"] for c in per_case),
             "ml_total": round(sum(c["false_tumour_ml"] for c in per_case), 2),
         },
-        "kidneys_found": f"{sum(int(c['kidneys_found'].split()[0]) for c in per_case)} of "
-                         f"{sum(int(c['kidneys_found'].split()[-1]) for c in per_case)}",
+        "kidneys_found": f"{sum(f['found'] for f in founds)} of {sum(f['true_kidneys'] for f in founds)}",
         "note": "tumour Dice summarised over cases whose truth has a tumour; a kidney is found when "
                 "the prediction covers at least 30 % of it",
         "any_seen_in_training": any(c["seen_in_training"] for c in per_case),

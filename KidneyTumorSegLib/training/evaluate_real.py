@@ -121,11 +121,11 @@ def evaluate_scans(weights, scans: list[LabelledScan], kidney_free: dict | None 
     for i, scan in enumerate(scans):
         progress(i / max(1, len(scans)), f"evaluating {scan.name}")
         t0 = time.perf_counter()
-        ct, truth_vol = scan.load()
+        ct, raw = scan.load_raw()  # the label map is read once: kidneys and tumour, and the organs named below
         result = pipe.run(ct, source=scan.name)
         pred_labels = np.asarray(result.labels.array)
         pred = pred_labels > 0
-        truth = None if truth_vol is None else np.asarray(truth_vol.array)
+        truth = None if raw is None else scan.mapping.apply(np.asarray(raw.array))
         true_kidney = None if truth is None else truth > 0
         voxel_ml = ct.voxel_volume_ml
         whole_free = scan.name in kidney_free and kidney_free[scan.name] is None
@@ -137,9 +137,11 @@ def evaluate_scans(weights, scans: list[LabelledScan], kidney_free: dict | None 
                "contrast": result.report.get("contrast"),
                "discarded_regions": result.report.get("discarded_regions", []),
                "seen_in_training": derived_from_any(scan.name, seen_real)}
-        organs = scan.organ_masks() if truth is not None else {}
+        organs = scan.organ_ids() if raw is not None else {}
         if organs:  # a localiser or segmenter that takes the liver or spleen for kidney shows here
-            row["predicted_in_organs_ml"] = {o: round(float((pred & m).sum()) * voxel_ml, 1) for o, m in organs.items()}
+            ids = np.asarray(raw.array)
+            row["predicted_in_organs_ml"] = {o: round(float((pred & (ids == i)).sum()) * voxel_ml, 1)
+                                             for o, i in organs.items()}
         if truth is not None and true_kidney.any():
             row["kidney_dice"] = round(dice(pred, true_kidney), 4)
             row.update(kidneys_found(pred, true_kidney))
