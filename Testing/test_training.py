@@ -94,6 +94,42 @@ def test_losses_known_values():
     assert float(losses.bce_dice_loss(perfect, target)) == pytest.approx(0.0, abs=1e-4)
 
 
+def test_sample_tumour_dice_weighs_a_small_tumour_like_a_large_one():
+    # patch 0: a 2-voxel tumour found exactly; patch 1: a 30-voxel tumour missed entirely
+    target = torch.zeros(2, 40)
+    target[0, :2] = 1.0
+    target[1, 10:40] = 1.0
+    logits = (target * 2 - 1) * 50.0
+    logits[1] = -50.0
+    # batch Dice: 2*2 / (2 + 32), the large miss dominates; sample Dice: mean of 1 and 0
+    assert float(losses.soft_dice_loss(logits[:, None], target[:, None])) == pytest.approx(1 - 4 / 34, abs=1e-4)
+    assert float(losses.sample_dice_loss(logits, target)) == pytest.approx(0.5, abs=1e-4)
+    # a patch without tumour adds no 0/0 term: with an empty third patch the value stays 0.5
+    three = torch.cat([target, torch.zeros(1, 40)]), torch.cat([logits, torch.full((1, 40), 3.0)])
+    assert float(losses.sample_dice_loss(three[1], three[0])) == pytest.approx(0.5, abs=1e-4)
+    # no tumour anywhere: batch Dice, which still punishes spurious probability
+    empty = torch.zeros(2, 40)
+    assert float(losses.sample_dice_loss(torch.full((2, 40), 3.0), empty)) == pytest.approx(1.0, abs=1e-4)
+    assert float(losses.sample_dice_loss(torch.full((2, 40), -50.0), empty)) < 0.01
+
+
+def test_loss_for_picks_the_tumour_dice():
+    seg = torch.zeros(2, 2, 4, 4, 4)
+    seg[0, :, :2] = 1.0  # patch 0: region and a big tumour; patch 1: region only, a small tumour
+    seg[1, 0, :1] = 1.0
+    seg[1, 1, 0, 0, 0] = 1.0
+    logits = (seg * 2 - 1) * 50.0
+    logits[1, 1] = -50.0  # the small tumour missed
+    bce = float(losses.bce_loss(logits, seg))  # the same in both; only the Dice term differs
+    batch = float(losses.loss_for("segmenter")(logits, seg)) - bce
+    sample = float(losses.loss_for("segmenter", "sample")(logits, seg)) - bce
+    assert batch == pytest.approx(0.5 * (1 - 64 / 65), abs=1e-3)  # region Dice 1, tumour 64/65
+    assert sample == pytest.approx(0.5 * 0.5, abs=1e-3)  # region Dice 1, tumour mean(1, 0)
+    assert losses.loss_for("xy_localiser", "sample") is losses.bce_dice_loss
+    with pytest.raises(ValueError):
+        losses.loss_for("segmenter", "lesion")
+
+
 # --- transforms ------------------------------------------------------------------------------------
 def test_flip_twice_is_identity_and_flip_mirrors():
     rng = np.random.default_rng(0)

@@ -72,6 +72,10 @@ def main(argv=None) -> int:
                    "that starts near its best ends after about three drops, so a longer run needs more")
     p.add_argument("--displaced", type=int, default=0,
                    help="extra painted cases with one kidney moved %g-%g mm caudally (a low or pelvic kidney)" % DISPLACED_MM)
+    p.add_argument("--tumour-fraction", type=float, default=0.4,
+                   help="share of segmenter patches centred on a tumour voxel")
+    p.add_argument("--tumour-dice", choices=("batch", "sample"), default="batch",
+                   help="the segmenter's tumour Dice over the batch, or per patch holding tumour")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
@@ -185,7 +189,7 @@ def main(argv=None) -> int:
         seed=args.seed, time_budget_s=args.budget_min * 60.0,
         budget_shares={"z_localiser": shares[0], "xy_localiser": shares[1], "segmenter": shares[2]},
         schedule=ScheduleConfig(optimizer="adamw", lr=args.lr, weight_decay=3e-5, patience=args.patience),
-        tumour_fraction=0.4, random_fraction=args.random_fraction,
+        tumour_fraction=args.tumour_fraction, random_fraction=args.random_fraction, tumour_dice=args.tumour_dice,
         augment=AugmentConfig(thick_slice_probability=args.thick_slices),
     )
     train_cases, errs = load_cases(source, split["train"], cfg, args.cache or None, args.prep_workers, bar)

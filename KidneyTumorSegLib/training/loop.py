@@ -84,6 +84,7 @@ class TrainOptions:
     random_fraction: float = 0.1
     positive_fraction: float = 0.5
     xy_kidney_fraction: float = 0.8
+    tumour_dice: str = "batch"  # or "sample": every tumour patch's Dice counts alike (losses.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -298,7 +299,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         model = wrap_model(model, ctx, self.device)
-        loss_fn = loss_for(name)
+        loss_fn = loss_for(name, o.tumour_dice)
         bs = int(o.batch_size.get(name, DEFAULT_BATCH[name]))
         train_sampler = self._sampler(name, self.train_cases, o.augment)
         val_sampler = self._sampler(name, self.val_cases, AugmentConfig(enabled=False))
