@@ -111,6 +111,8 @@ def test_sample_tumour_dice_weighs_a_small_tumour_like_a_large_one():
     empty = torch.zeros(2, 40)
     assert float(losses.sample_dice_loss(torch.full((2, 40), 3.0), empty)) == pytest.approx(1.0, abs=1e-4)
     assert float(losses.sample_dice_loss(torch.full((2, 40), -50.0), empty)) < 0.01
+    volumes = torch.zeros(2, 4, 5, 6)  # patches as the segmenter's tumour channel holds them
+    assert float(losses.sample_dice_loss(torch.full((2, 4, 5, 6), 3.0), volumes)) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_loss_for_picks_the_tumour_dice():

@@ -31,12 +31,12 @@ def sample_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float =
     """1 - mean soft Dice of the patches whose ``target`` (B, ...) is not empty; batch Dice when all
     are empty, so that spurious probability is still pushed down."""
     probs = torch.sigmoid(logits.float()).flatten(1)
-    target = target.float().flatten(1)
-    present = target.sum(1) > 0
+    truth = target.float().flatten(1)
+    present = truth.sum(1) > 0
     if not bool(present.any()):
         return soft_dice_loss(logits[:, None], target[:, None], smooth)
-    inter = (probs * target).sum(1)[present]
-    denom = (probs.sum(1) + target.sum(1))[present]
+    inter = (probs * truth).sum(1)[present]
+    denom = (probs.sum(1) + truth.sum(1))[present]
     return 1.0 - ((2.0 * inter + smooth) / (denom + smooth)).mean()
 
 
