@@ -532,3 +532,18 @@ def test_fine_tuning_never_ends_worse_than_it_started_on_validation(tmp_path, on
             assert torch.equal(result["state_dict"][k].to(v.dtype), v)
     else:
         assert summary["kept_starting_weights"] == (summary["best_val_loss"] >= summary["start_val_loss"])
+
+
+def test_segmenter_trains_with_sample_tumour_dice_on_tumour_free_batches(tmp_path, one_torch_thread):
+    """The sample tumour Dice through a real training run whose validation holds no tumour at all
+    (the fallback path): the loss is the segmenter's sample variant and every loss stays finite."""
+    from KidneyTumorSegLib.training.loop import Trainer, TrainOptions
+
+    cfg = ModelConfig.tiny()
+    opts = TrainOptions(networks=("segmenter",), epochs=1, steps_per_epoch=2, batch_size={"segmenter": 2},
+                        val_samples={"segmenter": 2}, tumour_dice="sample", random_fraction=0.0)
+    trainer = Trainer(cfg, [blob_case("a"), blob_case("b", tumour=False)], [blob_case("c", tumour=False)], opts, tmp_path)
+    feed = trainer._feed("segmenter", 0, trainer._build("segmenter"))
+    assert feed.loss_fn is losses.bce_sample_tumour_dice_loss
+    summary = trainer.run()["segmenter"]["summary"]
+    assert summary["epochs"] == 1 and math.isfinite(summary["best_val_loss"])
