@@ -37,6 +37,14 @@ class Bundle:
     header: dict = field(default_factory=dict)
     path: Path | None = None
 
+    def identity(self) -> dict:
+        """What a report needs to say which weights it measured: the file as given, the
+        provenance name and the tensors' checksum, which still identify the weights after the
+        file (often a temporary candidate) is moved or gone."""
+        return {"weights": str(self.path) if self.path else None,
+                "weights_name": self.header.get("provenance", {}).get("name"),
+                "weights_sha256": self.header.get("sha256")}
+
 
 def bundled_models_dir() -> Path | None:
     """The folder of the bundled weights and their model card, the same lookup for every install.

@@ -500,6 +500,12 @@ def test_evaluate_cli_reports_dice_per_case(runs, tmp_path):
     assert report["kidney_dice"]["median"] == pytest.approx(case["kidney_dice"])
     assert report["false_tumour"]["components"] == case["false_tumour_components"] >= 0
     assert report["false_tumour"]["ml_total"] == pytest.approx(case["false_tumour_ml"])
+    # the weights stay identifiable after the file is moved: the checksum of the tensors measured
+    from KidneyTumorSegLib.weights import load_bundle
+
+    measured = load_bundle(runs / "straight" / "bundle.safetensors")
+    assert report["weights_sha256"] == measured.header["sha256"] and len(report["weights_sha256"]) == 64
+    assert report["weights_name"] == measured.header.get("provenance", {}).get("name")
 
 
 def test_train_without_data_is_a_clear_error(tmp_path, capsys):

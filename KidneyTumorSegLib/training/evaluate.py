@@ -174,7 +174,7 @@ def evaluate(
     kidney = [c["kidney_dice"] for c in per_case]
     tumour = [c["tumour_dice"] for c in per_case if c["truth_tumour_ml"] > 0]
     return {
-        "weights": str(bundle.path) if bundle.path else None,
+        **bundle.identity(),
         "config": bundle.config.to_dict() if isinstance(bundle.config, ModelConfig) else None,
         "device": str(pipe.device),
         "cases": per_case,

@@ -161,7 +161,7 @@ def evaluate_scans(weights, scans: list[LabelledScan], kidney_free: dict | None 
     progress(1.0, "evaluation done")
     labelled = [r for r in rows if "kidney_dice" in r]
     return {
-        "weights": str(bundle.path) if bundle.path else None,
+        **bundle.identity(),
         "device": str(pipe.device),
         "cases": rows,
         "kidney_dice": _stats([r["kidney_dice"] for r in labelled]),
