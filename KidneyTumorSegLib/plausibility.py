@@ -66,14 +66,3 @@ def encased_regions(labels: np.ndarray, hu: np.ndarray, spacing_xyz, voxel_ml: f
             found.append({"ml": round(float(mask.sum()) * voxel_ml, 1), "bone_rim_fraction": round(share, 3)})
     return encased, found
 
-
-def drop_kidneys_in_bone(labels: np.ndarray, hu: np.ndarray, spacing_xyz, voxel_ml: float,
-                         config: PlausibilityConfig | None = None) -> tuple[np.ndarray, list[dict]]:
-    """``labels`` without the kidney components bone encases (a dropped one loses its tumour too),
-    and what was dropped (see :func:`encased_regions`)."""
-    encased, dropped = encased_regions(labels, hu, spacing_xyz, voxel_ml, config)
-    if not dropped:
-        return labels, dropped
-    out = labels.copy()
-    out[encased] = 0
-    return out, dropped

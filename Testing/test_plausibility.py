@@ -1,4 +1,4 @@
-"""A kidney is never encased in bone: components the skull or a bone ring surrounds are dropped."""
+"""A kidney is never encased in bone: components the skull or a bone ring surrounds are found."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from KidneyTumorSegLib.plausibility import PlausibilityConfig, bone_rim_fraction, drop_kidneys_in_bone
+from KidneyTumorSegLib.plausibility import PlausibilityConfig, bone_rim_fraction, encased_regions
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_ct"
 
@@ -23,7 +23,7 @@ def _blob(yy, xx, cy, cx, r):
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
 
 
-def test_a_kidney_in_fat_is_kept_and_one_inside_a_skull_is_dropped():
+def test_a_kidney_in_fat_is_not_encased_and_one_inside_a_skull_is():
     hu, zz, yy, xx = _scene()
     labels = np.zeros(hu.shape, np.uint8)
     kidney = _blob(yy, xx, 40, 20, 10) & (zz >= 4) & (zz < 16)
@@ -35,12 +35,11 @@ def test_a_kidney_in_fat_is_kept_and_one_inside_a_skull_is_dropped():
     # the skull: a 4 mm shell of cortical bone around the right-hand blob, 1 mm away from it
     skull = _blob(yy, xx, 40, 60, 15) & ~_blob(yy, xx, 40, 60, 11)
     hu[skull] = 900.0
-    kept, dropped = drop_kidneys_in_bone(labels, hu, (1.0, 1.0, 1.0), 0.001)
-    assert (kept[kidney] == 1).all()
-    assert not kept[brain].any() and not (kept == 2).any()
-    assert len(dropped) == 1 and dropped[0]["bone_rim_fraction"] > 0.5
-    assert dropped[0]["ml"] == pytest.approx(brain.sum() * 0.001, abs=0.05)
-    assert labels[brain].any()  # the caller's array is not modified
+    encased, found = encased_regions(labels, hu, (1.0, 1.0, 1.0), 0.001)
+    assert not encased[kidney].any()
+    assert encased[brain].all() and encased[labels == 2].all()  # its tumour goes with it
+    assert len(found) == 1 and found[0]["bone_rim_fraction"] > 0.5
+    assert found[0]["ml"] == pytest.approx(brain.sum() * 0.001, abs=0.05)
 
 
 def test_a_rib_or_vertebra_against_one_side_of_the_kidney_is_not_encasing():
@@ -52,8 +51,8 @@ def test_a_rib_or_vertebra_against_one_side_of_the_kidney_is_not_encasing():
     hu[_blob(yy, xx, 40, 57, 4)] = 700.0  # a rib touching the kidney's rim
     share = bone_rim_fraction(kidney, hu, (1.0, 1.0, 1.0), PlausibilityConfig())
     assert 0.0 < share < 0.15
-    kept, dropped = drop_kidneys_in_bone(labels, hu, (1.0, 1.0, 1.0), 0.001)
-    assert kept is labels and dropped == []
+    encased, found = encased_regions(labels, hu, (1.0, 1.0, 1.0), 0.001)
+    assert not encased.any() and found == []
 
 
 def test_the_rim_is_measured_in_millimetres_on_anisotropic_pixels():
@@ -87,8 +86,8 @@ def test_real_kidneys_are_never_taken_for_encased(case, ids):
     hu = sitk.GetArrayFromImage(image)
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / case / "labels.nii.gz")))
     labels = np.isin(truth, ids).astype(np.uint8)
-    kept, dropped = drop_kidneys_in_bone(labels, hu, image.GetSpacing(), 0.001)
-    assert dropped == [] and kept is labels
+    encased, found = encased_regions(labels, hu, image.GetSpacing(), 0.001)
+    assert found == [] and not encased.any()
 
 
 def test_a_discarded_region_hands_its_side_to_the_next_best_region():
