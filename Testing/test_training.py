@@ -489,9 +489,15 @@ def test_evaluate_cli_reports_dice_per_case(runs, tmp_path):
     from KidneyTumorSegLib.cli import main
 
     report_path = tmp_path / "report.json"
-    code = main(["evaluate", "--weights", str(runs / "straight" / "bundle.safetensors"), "--procedural", "1",
-                 "--grid-mm", "4,4,6", "--device", "cpu", "--out", str(report_path), "--progress", "none"])
-    assert code == 0
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code = main(["evaluate", "--weights", str(runs / "straight" / "bundle.safetensors"), "--procedural", "1",
+                     "--grid-mm", "4,4,6", "--device", "cpu", "--threads", "1", "--out", str(report_path),
+                     "--progress", "none"])
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)
     report = json.loads(report_path.read_text())
     assert [c["case"] for c in report["cases"]] == ["eval_proc_0000"]
     case = report["cases"][0]
@@ -506,6 +512,16 @@ def test_evaluate_cli_reports_dice_per_case(runs, tmp_path):
     measured = load_bundle(runs / "straight" / "bundle.safetensors")
     assert report["weights_sha256"] == measured.header["sha256"] and len(report["weights_sha256"]) == 64
     assert report["weights_name"] == measured.header.get("provenance", {}).get("name")
+
+
+def test_evaluate_threads_must_be_a_positive_whole_number(tmp_path, capsys):
+    from KidneyTumorSegLib.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--procedural", "1", "--threads", "0", "--out", str(tmp_path / "r.json")])
+    assert stop.value.code == 2
+    assert "--threads: must be a whole number of at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_train_without_data_is_a_clear_error(tmp_path, capsys):

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..cli import _positive_threads, _set_threads
 from ..errors import InputError
 from . import NETWORKS, SHORT_NAMES
 
@@ -411,6 +412,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                    "medially), as a low or pelvic kidney lies")
     p.add_argument("--seed", type=int, default=0, help="random seed of the phantoms")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=_positive_threads, metavar="N",
+                   help="CPU threads for the networks, 1 or more (default: torch's; 1 beside a training run)")
     p.add_argument("--out", help="write the JSON report here (default: print it)")
     p.add_argument("--progress", choices=("bar", "none"), default="bar", help="a progress bar on stderr, or none")
     p.set_defaults(func=run_evaluate)
@@ -471,6 +474,7 @@ def run_evaluate(args) -> int:
     from .real_sources import mask_of
     from .sources import PhantomSource
 
+    _set_threads(args.threads)
     bundle = load_bundle(args.weights)
     if args.scans:
         return run_evaluate_scans(args, bundle)
