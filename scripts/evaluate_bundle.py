@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--variants", help="a folder of scanner variants (scripts/scanner_variants.py) to evaluate too")
     p.add_argument("--displaced", action="store_true", help="also the held-out phantoms with a displaced kidney")
+    p.add_argument("--threads", default="2", help="CPU threads for the networks")
     args = p.parse_args(argv)
     from KidneyTumorSegLib.cli import main as cli
     from KidneyTumorSegLib.training.evaluate_real import derived_from_any
@@ -42,13 +43,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data)
     free = [a for spec in KIDNEY_FREE for a in ("--kidney-free", spec)]
-    code = cli(["evaluate", "--weights", args.bundle, "--scans", str(data / "real_ct"), *free,
+    code = cli(["evaluate", "--weights", args.bundle, "--threads", args.threads, "--scans", str(data / "real_ct"), *free,
                 "--overlays", str(out / "overlays"), "--out", str(out / "real_ct.json")])
     if not code and args.variants:
         whole_free = [spec for spec in KIDNEY_FREE if ":" not in spec]
         names = sorted(d.name for d in Path(args.variants).iterdir() if d.is_dir())
         free = [a for n in names if derived_from_any(n, whole_free) for a in ("--kidney-free", n)]
-        code = cli(["evaluate", "--weights", args.bundle, "--scans", args.variants, *free,
+        code = cli(["evaluate", "--weights", args.bundle, "--threads", args.threads, "--scans", args.variants, *free,
                     "--overlays", str(out / "variant_overlays"), "--out", str(out / "scanner_variants.json")])
     if code or not args.heldout:
         return code
@@ -56,10 +57,10 @@ def main(argv=None) -> int:
     held = [c for i, c in enumerate(k19) if i % 7 == 3][: args.heldout]
     bodies = ["--kits-masks", str(data / "kits19"), "--cases", ",".join(held),
               "--in-bodies", str(data / "anatomy" / "totalsegmentator") + ":s0001,s0004,s0006", "--grid-mm", args.grid_mm]
-    code = cli(["evaluate", "--weights", args.bundle, *bodies, "--out", str(out / "heldout_bodies.json")])
+    code = cli(["evaluate", "--weights", args.bundle, "--threads", args.threads, *bodies, "--out", str(out / "heldout_bodies.json")])
     if code or not args.displaced:
         return code
-    return cli(["evaluate", "--weights", args.bundle, *bodies, "--displace-kidney", DISPLACED_MM,
+    return cli(["evaluate", "--weights", args.bundle, "--threads", args.threads, *bodies, "--displace-kidney", DISPLACED_MM,
                 "--out", str(out / "heldout_bodies_displaced.json")])
 
 
