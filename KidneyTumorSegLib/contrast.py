@@ -42,14 +42,17 @@ def contrast_phase(volume: Volume, labels: np.ndarray, min_ml: float = 10.0) -> 
     diff = float(np.median(cortex) - np.median(deep)) if cortex.size and deep.size else 0.0
     around = ndimage.binary_dilation(kidney, iterations=2) | kidney
     bright = float(np.percentile(hu[around], 99))
-    if median < UNENHANCED_BELOW_HU:
+    if diff > CORTICOMEDULLARY_DIFF_HU:
+        # only contrast separates cortex from medulla (unenhanced parenchyma is even: -16 to -12 HU on
+        # the real non-contrast scan here), so an early arterial scan whose thick medulla pulls the
+        # median below the unenhanced limit is still enhanced
+        phase = EXCRETORY if bright > EXCRETED_ABOVE_HU else ARTERIAL
+    elif median < UNENHANCED_BELOW_HU:
         phase = UNENHANCED
     elif median < ENHANCED_ABOVE_HU:
         phase = WEAK
     elif bright > EXCRETED_ABOVE_HU:
         phase = EXCRETORY
-    elif diff > CORTICOMEDULLARY_DIFF_HU:
-        phase = ARTERIAL
     else:
         phase = VENOUS
     return {

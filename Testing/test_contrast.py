@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -44,3 +46,45 @@ def test_too_little_kidney_is_not_judged(kidneys):
     tiny[30, 40, 40] = 1
     ct, _ = make_phantom(kidneys, seed=1, config=PhantomConfig(tissue_map=False))
     assert contrast.contrast_phase(ct, tiny) is None
+
+
+def _shell_kidney(cortex_hu: float, medulla_hu: float):
+    """A 60 x 40 x 40 mm ellipsoid kidney on a 1 mm grid: a 5 mm cortex around a medulla, in fat."""
+    from KidneyTumorSegLib.volume import Volume
+
+    zz, yy, xx = np.meshgrid(*[np.arange(n, dtype=float) for n in (80, 60, 60)], indexing="ij")
+    r = np.sqrt(((zz - 40) / 30) ** 2 + ((yy - 30) / 20) ** 2 + ((xx - 30) / 20) ** 2)
+    kidney = r <= 1.0
+    hu = np.full(kidney.shape, -100.0, np.float32)
+    hu[kidney] = medulla_hu
+    hu[kidney & (r > 0.75)] = cortex_hu  # the outer quarter of the radius: 5-7 mm of cortex
+    return Volume(hu, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), kidney.astype(np.uint8)
+
+
+def test_corticomedullary_differentiation_means_contrast_even_when_the_median_is_low():
+    # an early arterial kidney: a bright cortex, a medulla not yet enhanced; the median falls below
+    # the unenhanced limit, but unenhanced parenchyma never shows a 130 HU cortex-medulla step
+    ct, labels = _shell_kidney(cortex_hu=170.0, medulla_hu=40.0)
+    result = contrast.contrast_phase(ct, labels)
+    assert result["kidney_median_hu"] < contrast.UNENHANCED_BELOW_HU
+    assert result["phase"] == contrast.ARTERIAL and contrast.warning_for(result) is None
+    # the same kidney without contrast: even parenchyma, judged unenhanced and warned about
+    plain = contrast.contrast_phase(*_shell_kidney(cortex_hu=38.0, medulla_hu=35.0))
+    assert plain["phase"] == contrast.UNENHANCED and contrast.warning_for(plain)
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_ct"
+
+
+@pytest.mark.skipif(not (REAL / "totalseg_s0009" / "labels.nii.gz").exists(), reason="real CTs not available")
+@pytest.mark.parametrize("case,ids,enhanced", [("ircadb1_1", (1, 2), True), ("totalseg_s0009", (2, 3), False)])
+def test_the_real_scans_phase_is_judged_right_from_their_true_kidneys(case, ids, enhanced):
+    """The portal-venous IRCAD scan and the non-contrast TotalSegmentator scan, judged from their
+    labelled kidneys (the detector alone, no network)."""
+    from KidneyTumorSegLib.io import read_volume
+
+    ct = read_volume(REAL / case / "ct.nii.gz")
+    truth = np.asarray(read_volume(REAL / case / "labels.nii.gz").array)
+    result = contrast.contrast_phase(ct, np.isin(truth, ids).astype(np.uint8))
+    assert result["enhanced"] is enhanced
+    assert result["phase"] == (contrast.VENOUS if enhanced else contrast.UNENHANCED)
