@@ -247,6 +247,8 @@ def test_held_out_body_phantoms_carry_their_draw_into_the_evaluation_report(tmp_
     by_type = report["tumour_dice_by_type"]
     assert list(by_type) == [info["tumour_type"]] and by_type[info["tumour_type"]]["n"] == 1  # the plain case has no draw
     assert by_type[info["tumour_type"]]["mean"] == drawn["tumour_dice"]
+    # the detector's phase is kept beside the painted one, and tabulated for drawn phantoms only
+    assert report["contrast_phase_detected"] == {info["phase"]: {str(drawn["contrast_detected"]): 1}}
     json.dumps(report)  # the draw stays JSON-able
 
 

@@ -111,6 +111,18 @@ def _tumour_dice_by_type(per_case: list[dict]) -> dict:
     return {"tumour_dice_by_type": {k: _stats(v) for k, v in sorted(by_type.items())}} if by_type else {}
 
 
+def _phase_agreement(per_case: list[dict]) -> dict:
+    """How often the contrast-phase detector names each painted phase: {painted: {detected: n}}
+    (detected None: too little kidney found to judge). Only phantoms that record their draw."""
+    table: dict[str, dict[str, int]] = {}
+    for c in per_case:
+        painted = c.get("phantom", {}).get("phase")
+        if painted:
+            row = table.setdefault(painted, {})
+            row[str(c["contrast_detected"])] = row.get(str(c["contrast_detected"]), 0) + 1
+    return {"contrast_phase_detected": table} if table else {}
+
+
 def _rounded(info: dict) -> dict:
     """A phantom's draw for the report: floats to 3 decimals."""
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in info.items()}
@@ -167,6 +179,7 @@ def evaluate(
                 "false_tumour_ml": round(false["ml"], 2),
                 "seconds": round(time.perf_counter() - t0, 2),
                 "seen_in_training": mask_of(case_id) in seen_masks,
+                "contrast_detected": (result.report.get("contrast") or {}).get("phase"),
                 **({"phantom": _rounded(drawn[0])} if drawn and drawn[0] else {}),
             }
         )
@@ -181,6 +194,7 @@ def evaluate(
         "kidney_dice": _stats(kidney),
         "tumour_dice": _stats(tumour),
         **_tumour_dice_by_type(per_case),
+        **_phase_agreement(per_case),
         "false_tumour": {
             "cases_with_any": sum(1 for c in per_case if c["false_tumour_components"]),
             "components": sum(c["false_tumour_components"] for c in per_case),
