@@ -24,6 +24,8 @@ from KidneyTumorSegLib.training.metrics import (
     plot_curves,
     read_csv,
     segmentation_dice,
+    tumours_found,
+    tumours_found_by_size,
     write_csv,
 )
 from KidneyTumorSegLib.training.sampling import PatchSampler, ZSliceSampler
@@ -82,6 +84,22 @@ def test_false_tumour_counts_only_components_that_miss_the_true_tumour():
     labels[0, 0, 0:3] = 2  # 3 voxels outside it
     assert false_tumour(labels, truth, 0.5) == {"components": 2, "ml": 3.5}
     assert false_tumour(np.zeros_like(truth), truth, 0.5) == {"components": 0, "ml": 0.0}
+
+
+def test_tumours_are_counted_per_lesion_and_per_size():
+    truth = np.zeros((30, 30, 30), bool)
+    truth[0:20, 0:20, 0:20] = True  # a large lesion: 8000 voxels, 64 mL at 8 uL
+    truth[25:28, 25:28, 25:28] = True  # a fragment: 27 voxels, 0.2 mL, under the 0.5 mL of a lesion
+    truth[22:30, 0:8, 22:30] = True  # a medium one: 512 voxels, 4.1 mL
+    pred = np.zeros_like(truth)
+    pred[0:20, 0:20, 0:10] = True  # half the large one
+    pred[22:30, 0:8, 22:24] = True  # a quarter of the medium one: under 30 %, missed
+    lesions = tumours_found(pred, truth, voxel_ml=0.008)
+    assert [d["ml"] for d in lesions] == [64.0, 4.1]  # the 0.2 mL fragment is no lesion
+    assert [d["found"] for d in lesions] == [True, False]
+    assert [d["coverage"] for d in lesions] == [0.5, 0.25]
+    assert tumours_found_by_size(lesions) == {"<= 10 mL": "0 of 1", "10-40 mL": "0 of 0", "> 40 mL": "1 of 1"}
+    assert tumours_found(pred, np.zeros_like(truth), 0.008) == []
 
 
 def test_losses_known_values():
@@ -506,6 +524,10 @@ def test_evaluate_cli_reports_dice_per_case(runs, tmp_path):
     assert report["kidney_dice"]["median"] == pytest.approx(case["kidney_dice"])
     assert report["false_tumour"]["components"] == case["false_tumour_components"] >= 0
     assert report["false_tumour"]["ml_total"] == pytest.approx(case["false_tumour_ml"])
+    lesions = case["tumours_found"]
+    assert all(d["found"] == (d["coverage"] >= 0.3) for d in lesions)
+    counted = sum(int(v.split(" of ")[1]) for v in report["tumours_found"].values())
+    assert counted == len(lesions)
     # the weights stay identifiable after the file is moved: the checksum of the tensors measured
     from KidneyTumorSegLib.weights import load_bundle
 

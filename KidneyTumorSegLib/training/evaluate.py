@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..volume import Volume
-from .metrics import false_tumour, kidneys_found, segmentation_dice
+from .metrics import false_tumour, kidneys_found, segmentation_dice, tumours_found, tumours_found_by_size
 from .real_sources import mask_of
 from .seeds import stable_seed
 
@@ -167,6 +167,7 @@ def evaluate(
         false = false_tumour(result.labels.array, truth.array, truth.voxel_volume_ml)
         found = kidneys_found(result.labels.array > 0, truth.array > 0)
         founds.append(found)
+        lesions = tumours_found(result.labels.array == 2, truth.array == 2, truth.voxel_volume_ml)
         per_case.append(
             {
                 "case": case_id,
@@ -175,6 +176,7 @@ def evaluate(
                 "kidneys_found": f"{found['found']} of {found['true_kidneys']}",
                 "truth_tumour_ml": round(float((truth.array == 2).sum()) * truth.voxel_volume_ml, 2),
                 "predicted_tumour_ml": round(float((result.labels.array == 2).sum()) * truth.voxel_volume_ml, 2),
+                "tumours_found": lesions,
                 "false_tumour_components": false["components"],
                 "false_tumour_ml": round(false["ml"], 2),
                 "seconds": round(time.perf_counter() - t0, 2),
@@ -195,6 +197,7 @@ def evaluate(
         "tumour_dice": _stats(tumour),
         **_tumour_dice_by_type(per_case),
         **_phase_agreement(per_case),
+        "tumours_found": tumours_found_by_size([d for c in per_case for d in c["tumours_found"]]),
         "false_tumour": {
             "cases_with_any": sum(1 for c in per_case if c["false_tumour_components"]),
             "components": sum(c["false_tumour_components"] for c in per_case),

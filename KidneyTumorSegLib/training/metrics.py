@@ -168,3 +168,34 @@ def kidneys_found(pred: np.ndarray, truth: np.ndarray, min_overlap: float = 0.3)
     cover = [float((pred & (comps == c)).sum()) / float((comps == c).sum()) for c in keep]
     return {"true_kidneys": int(len(keep)), "found": int(sum(c >= min_overlap for c in cover)),
             "coverage": [round(c, 3) for c in cover]}
+
+
+TUMOUR_SIZE_BINS_ML = (10.0, 40.0)  # small (<= 10 mL: about 27 mm across), medium, large (> 40 mL)
+
+
+def tumours_found(pred: np.ndarray, truth: np.ndarray, voxel_ml: float, min_overlap: float = 0.3,
+                  min_ml: float = 0.5) -> list[dict]:
+    """Each true tumour component of at least ``min_ml`` (largest first): its volume and whether the
+    predicted tumour covers >= ``min_overlap`` of it. Per lesion, so that a missed small tumour
+    beside a well-segmented large one is seen, which a Dice over the case hides."""
+    comps, n = ndimage.label(truth)
+    lesions = []
+    for c in range(1, n + 1):
+        lesion = comps == c
+        ml = float(lesion.sum()) * voxel_ml
+        if ml >= min_ml:
+            cover = float((pred & lesion).sum()) / float(lesion.sum())
+            lesions.append({"ml": round(ml, 2), "found": bool(cover >= min_overlap), "coverage": round(cover, 3)})
+    return sorted(lesions, key=lambda d: -d["ml"])
+
+
+def tumours_found_by_size(lesions: list[dict]) -> dict:
+    """'k of n' found per size bin (TUMOUR_SIZE_BINS_ML) over a list of :func:`tumours_found` entries."""
+    lo, hi = TUMOUR_SIZE_BINS_ML
+    bins = {f"<= {lo:g} mL": lambda v: v <= lo, f"{lo:g}-{hi:g} mL": lambda v: lo < v <= hi,
+            f"> {hi:g} mL": lambda v: v > hi}
+    out = {}
+    for name, inside in bins.items():
+        chosen = [d for d in lesions if inside(d["ml"])]
+        out[name] = f"{sum(d['found'] for d in chosen)} of {len(chosen)}"
+    return out
