@@ -9,6 +9,9 @@ KiTS19 masks (every 7th from case_00003, never trained on) painted into the Tota
 ``--variants DIR`` (written by ``scripts/scanner_variants.py``) adds ``scanner_variants.json``, the
 variants of kidney-free scans counted as kidney-free; ``--displaced`` adds
 ``heldout_bodies_displaced.json``, the same phantoms with one kidney moved 50-120 mm caudally.
+``--validation SPLIT_JSON`` adds ``validation_bodies_{kits19,kits23}[_displaced].json``: the KiTS
+masks a training split validated on, painted and measured the same way. These are the phantoms a
+ship decision may gate on (false tumour, kidneys found); the held-out ones stay the test.
 A scan a network trained on is marked ``seen_in_training`` and must not be quoted.
 """
 
@@ -25,6 +28,31 @@ KIDNEY_FREE = ["totalseg_s0002", "totalseg_s0003", "ircadb1_17:80-118"]
 DISPLACED_MM = "50,120"
 
 
+def validation_masks(split_json: Path, data: Path) -> dict[str, list[str]]:
+    """The KiTS masks of a split's validation cases, per dataset folder that holds them."""
+    import json
+
+    from KidneyTumorSegLib.training.real_sources import mask_of
+
+    wanted = sorted({mask_of(c) for c in json.loads(Path(split_json).read_text())["val"]})
+    return {ds: chosen for ds in ("kits19", "kits23")
+            if (chosen := [m for m in wanted if (data / ds / m / "segmentation.nii.gz").exists()])}
+
+
+def evaluate_validation(cli, args, out: Path, bodies_at: str) -> int:
+    data = Path(args.data)
+    for ds, masks in validation_masks(Path(args.validation), data).items():
+        bodies = ["--kits-masks", str(data / ds), "--cases", ",".join(masks), "--in-bodies", bodies_at,
+                  "--grid-mm", args.grid_mm]
+        for extra, name in (([], f"validation_bodies_{ds}.json"),
+                            (["--displace-kidney", DISPLACED_MM], f"validation_bodies_{ds}_displaced.json")):
+            code = cli(["evaluate", "--weights", args.bundle, "--threads", args.threads, *bodies, *extra,
+                        "--out", str(out / name)])
+            if code:
+                return code
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle")
@@ -35,6 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", help="a folder of scanner variants (scripts/scanner_variants.py) to evaluate too")
     p.add_argument("--displaced", action="store_true", help="also the held-out phantoms with a displaced kidney")
     p.add_argument("--threads", default="2", help="CPU threads for the networks")
+    p.add_argument("--validation", metavar="SPLIT_JSON",
+                   help="a training run's split.json: also its validation masks, in place and displaced")
     args = p.parse_args(argv)
     from KidneyTumorSegLib.cli import main as cli
     from KidneyTumorSegLib.training.evaluate_real import derived_from_any
@@ -51,12 +81,15 @@ def main(argv=None) -> int:
         free = [a for n in names if derived_from_any(n, whole_free) for a in ("--kidney-free", n)]
         code = cli(["evaluate", "--weights", args.bundle, "--threads", args.threads, "--scans", args.variants, *free,
                     "--overlays", str(out / "variant_overlays"), "--out", str(out / "scanner_variants.json")])
+    bodies_at = str(data / "anatomy" / "totalsegmentator") + ":s0001,s0004,s0006"
+    if not code and args.validation:
+        code = evaluate_validation(cli, args, out, bodies_at)
     if code or not args.heldout:
         return code
     k19 = sorted(p.parent.name for p in (data / "kits19").glob("case_*/segmentation.nii.gz"))
     held = [c for i, c in enumerate(k19) if i % 7 == 3][: args.heldout]
     bodies = ["--kits-masks", str(data / "kits19"), "--cases", ",".join(held),
-              "--in-bodies", str(data / "anatomy" / "totalsegmentator") + ":s0001,s0004,s0006", "--grid-mm", args.grid_mm]
+              "--in-bodies", bodies_at, "--grid-mm", args.grid_mm]
     code = cli(["evaluate", "--weights", args.bundle, "--threads", args.threads, *bodies, "--out", str(out / "heldout_bodies.json")])
     if code or not args.displaced:
         return code

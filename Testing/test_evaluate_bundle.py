@@ -1,0 +1,54 @@
+"""scripts/evaluate_bundle.py's validation phantoms: the masks a split validated on, in place and
+displaced, each dataset from its own folder (the commands are recorded, not run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import evaluate_bundle  # noqa: E402
+
+
+def _data(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    for ds, case in (("kits19", "case_00063"), ("kits19", "case_00166"), ("kits23", "case_00493"), ("kits19", "case_00003")):
+        (data / ds / case).mkdir(parents=True)
+        (data / ds / case / "segmentation.nii.gz").write_bytes(b"")
+    return data
+
+
+def test_validation_masks_come_from_the_split_per_dataset(tmp_path):
+    data = _data(tmp_path)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["s0001@case_00003"], "val": [
+        "btcv_label0004@case_00166", "s0004@case_00493", "btcv_label0001@case_00063~v2", "btcv_label0003@dispval0"]}))
+    # the displaced validation case is no KiTS mask; a training mask is never taken
+    assert evaluate_bundle.validation_masks(split, data) == {"kits19": ["case_00063", "case_00166"],
+                                                             "kits23": ["case_00493"]}
+
+
+def test_each_validation_dataset_is_evaluated_in_place_and_displaced(tmp_path):
+    data = _data(tmp_path)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"val": ["a@case_00063", "b@case_00493"]}))
+    calls = []
+    args = argparse.Namespace(data=str(data), validation=str(split), bundle="b.safetensors", threads="1",
+                              grid_mm="1.5,1.5,3.0")
+    code = evaluate_bundle.evaluate_validation(lambda argv: calls.append(argv) or 0, args, tmp_path, "BODIES")
+    assert code == 0
+    outs = [Path(c[c.index("--out") + 1]).name for c in calls]
+    assert outs == ["validation_bodies_kits19.json", "validation_bodies_kits19_displaced.json",
+                    "validation_bodies_kits23.json", "validation_bodies_kits23_displaced.json"]
+    for c in calls:
+        assert c[c.index("--kits-masks") + 1] == str(data / ("kits23" if "kits23" in c[-1] else "kits19"))
+        assert c[c.index("--cases") + 1] == ("case_00493" if "kits23" in c[-1] else "case_00063")
+        assert ("--displace-kidney" in c) == c[-1].endswith("_displaced.json")
+    # a failing evaluation stops the rest and passes its exit code on
+    calls.clear()
+    assert evaluate_bundle.evaluate_validation(lambda argv: calls.append(argv) or 2, args, tmp_path, "BODIES") == 2
+    assert len(calls) == 1
