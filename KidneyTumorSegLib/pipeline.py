@@ -29,6 +29,9 @@ NO_KIDNEY = "No kidney was found in this scan; the result is empty."
 GPU_FULL = "GPU out of memory: the run continued on the CPU."
 ENCASED = ("A region of {ml:.0f} mL that bone surrounds was labelled as kidney and discarded: "
            "a kidney is never encased in bone (check the scan covers the abdomen).")
+AT_EDGE = ("The region on the patient's {side} ({ml:.0f} mL, {tumour:.0f} % of it tumour) runs on beyond the part of the scan "
+           "that was segmented, as a liver or spleen does and a kidney does not: check that it is a kidney "
+           "(a missing, low or displaced kidney leaves its place to these organs).")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class KidneysFound:
     midline_mm: float | None = None  # LPS x
     mask: np.ndarray | None = None  # the xy-localiser's kidney mask on ``grid`` (None before it ran)
     discarded: list = field(default_factory=list)  # segmented regions that failed the plausibility check
+    at_edge: list = field(default_factory=list)  # kept regions that run on past the segmenter's canvas
 
     def z_range_mm(self) -> list[float] | None:
         """The boxes' lowest and highest slice positions (LPS z, mm), None without a box."""
@@ -187,6 +191,9 @@ class Pipeline:
         canvas_labels, found.discarded = self._labels_on_canvas(probs, canvas, found)
         for region in found.discarded:
             ctx.warn(ENCASED.format(ml=region["ml"]))
+        found.at_edge = self._regions_at_edge(canvas_labels, canvas, volume, found)
+        for region in found.at_edge:
+            ctx.warn(AT_EDGE.format(side=region["side"], ml=region["ml"], tumour=100 * region["tumour_share"]))
         ctx.clock.lap("postprocess")
         ctx.progress(0.9, "Bringing the labels back onto the scan's grid")
         labels = self._back_to_input(canvas_labels, canvas, volume)
@@ -207,6 +214,19 @@ class Pipeline:
                 return labels, discarded
             discarded += more
             exclude = encased if exclude is None else exclude | encased
+
+    @staticmethod
+    def _regions_at_edge(labels: np.ndarray, canvas: Volume, volume: Volume, found: KidneysFound) -> list[dict]:
+        """Kept regions touching a canvas face behind which the scan goes on, each with its side
+        (LPS: the patient's right at low x)."""
+        regions = plausibility.regions_reaching_faces(labels, resampling.faces_inside(canvas, volume),
+                                                      canvas.voxel_volume_ml)
+        midline = _x_index(found.midline_mm, canvas)
+        midline = 0.5 * (canvas.array.shape[2] - 1) if midline is None else midline
+        for region in regions:
+            x = region.pop("x_index")
+            region["side"] = "right" if x < midline else "left"
+        return regions
 
     @staticmethod
     def _localiser_support(found: KidneysFound, canvas: Volume) -> np.ndarray | None:
@@ -321,6 +341,7 @@ class Pipeline:
             "z_range_mm": found.z_range_mm(),
             "kidney_boxes": len(found.boxes),
             "discarded_regions": list(found.discarded),
+            "regions_at_edge": list(found.at_edge),
             "contrast": phase,
             "timings_s": dict(ctx.clock.times),
             "warnings": list(ctx.warnings),

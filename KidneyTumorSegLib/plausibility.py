@@ -13,6 +13,15 @@ for ribs under a small kidney, a calcified vessel or contrast-filled bowel again
 bone limit stays below what the skull keeps on a 5 mm scan (at 500 HU the cerebellum's rim fell to
 14 %); the price is that a strongly enhanced arterial-phase cortex left outside an under-segmented
 kidney would count as bone, which these scans could not test.
+
+A second check needs no HU: a kidney the localisers boxed lies inside the segmenter's canvas
+(the box, its margin and the windows around it), so a kept region that runs into a face of the
+canvas behind which the scan goes on is larger than anything the localiser marked: a liver or spleen
+lying where a kidney is missing or displaced (v1.3 labelled 450-630 mL of spleen as a kidney with
+tumour on such a painted case). On the real and painted kidneys measured, every region kept clear of
+such faces, the 697 mL kidney with a 438 mL tumour included; a kidney cut by the scan's own edge
+touches a face behind which there is no image, which does not count. Such a region is reported and
+warned about, not removed: a kidney whose tumour outgrew its box would look the same.
 """
 
 from __future__ import annotations
@@ -66,3 +75,27 @@ def encased_regions(labels: np.ndarray, hu: np.ndarray, spacing_xyz, voxel_ml: f
             found.append({"ml": round(float(mask.sum()) * voxel_ml, 1), "bone_rim_fraction": round(share, 3)})
     return encased, found
 
+
+
+FACES = ("z0", "z1", "y0", "y1", "x0", "x1")  # the canvas's faces, low and high end of each axis
+
+
+def regions_reaching_faces(labels: np.ndarray, open_faces: dict[str, bool], voxel_ml: float) -> list[dict]:
+    """The kidney components of ``labels`` (0/1/2 on the segmenter's canvas) that touch a face of
+    the canvas behind which the scan goes on (``open_faces[face]`` True): their volume in mL, the
+    faces they touch, the share of them labelled tumour and their mean x index, largest first."""
+    comp, n = ndi.label(labels > 0)
+    sides = {"z0": (0, 0), "z1": (0, -1), "y0": (1, 0), "y1": (1, -1), "x0": (2, 0), "x1": (2, -1)}
+    open_ids = {}
+    for face, (axis, end) in sides.items():
+        if open_faces.get(face):
+            ids = np.unique(np.take(comp, end, axis=axis))
+            for i in ids[ids > 0]:
+                open_ids.setdefault(int(i), []).append(face)
+    found = []
+    for i, faces in open_ids.items():
+        mask = comp == i
+        found.append({"ml": round(float(mask.sum()) * voxel_ml, 1), "faces": faces,
+                      "tumour_share": round(float((labels[mask] == 2).mean()), 2),
+                      "x_index": round(float(np.nonzero(mask)[2].mean()), 1)})
+    return sorted(found, key=lambda r: -r["ml"])

@@ -211,6 +211,21 @@ def resample_box_chunked(
     return Volume(out, spacing_mm, tuple(origin_xyz), np.eye(3))
 
 
+def faces_inside(grid: Volume, volume: Volume) -> dict[str, bool]:
+    """For each face of an LPS-aligned ``grid`` (``z0`` its lowest slice, ``x1`` its highest x, ...):
+    whether ``volume``'s image goes on beyond it by more than half a grid voxel, i.e. whether
+    something touching that face may continue outside the grid."""
+    lo_v, hi_v = volume.physical_bounds()
+    lo_g = np.asarray(grid.origin, float)
+    hi_g = lo_g + (np.asarray(grid.array.shape[::-1]) - 1) * np.asarray(grid.spacing, float)
+    half = 0.5 * np.asarray(grid.spacing, float)
+    faces = {}
+    for a, axis in enumerate("xyz"):
+        faces[axis + "0"] = bool(lo_g[a] - half[a] > lo_v[a])
+        faces[axis + "1"] = bool(hi_g[a] + half[a] < hi_v[a])
+    return faces
+
+
 def index_box_under(grid: Volume, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     """The index box of ``volume`` that ``grid`` covers, with the one voxel of margin a trilinear
     sample needs: the only voxels a result on ``grid`` can change when brought onto ``volume``."""

@@ -112,3 +112,49 @@ def test_a_discarded_region_hands_its_side_to_the_next_best_region():
     labels, discarded = pipe._labels_on_canvas(probs, canvas, found)
     np.testing.assert_array_equal(labels > 0, kidney_r | kidney_l)
     assert len(discarded) == 1 and discarded[0]["ml"] == pytest.approx(encased.sum() * 0.008, abs=0.05)
+
+
+def test_only_regions_running_into_a_face_the_scan_continues_behind_are_reported():
+    from KidneyTumorSegLib.plausibility import regions_reaching_faces
+
+    labels = np.zeros((20, 30, 40), np.uint8)
+    labels[5:15, 5:15, 5:15] = 1  # a kidney well inside the canvas
+    labels[2:10, 10:20, 30:40] = 1  # an organ running into the high-x face
+    labels[4:8, 12:18, 32:40] = 2  # a part of it labelled tumour
+    labels[0:4, 20:26, 5:10] = 1  # a kidney cut by the scan's lowest slice (z0: no image beyond)
+    open_faces = {"z0": False, "z1": True, "y0": True, "y1": True, "x0": True, "x1": True}
+    found = regions_reaching_faces(labels, open_faces, voxel_ml=0.008)
+    organ = labels[2:10, 10:20, 30:40]
+    assert len(found) == 1 and found[0]["faces"] == ["x1"]
+    assert found[0]["ml"] == pytest.approx(organ.size * 0.008, abs=0.05)
+    assert found[0]["tumour_share"] == pytest.approx((organ == 2).mean(), abs=0.01)
+    assert found[0]["x_index"] == pytest.approx(34.5)
+    # with z0 open as well, the cut kidney counts too; with every face closed nothing does
+    assert len(regions_reaching_faces(labels, dict(open_faces, z0=True), 0.008)) == 2
+    assert regions_reaching_faces(labels, dict.fromkeys(open_faces, False), 0.008) == []
+
+
+def test_the_faces_inside_a_scan_are_those_it_continues_behind():
+    from KidneyTumorSegLib.resampling import faces_inside
+    from KidneyTumorSegLib.volume import Volume
+
+    scan = Volume(np.zeros((50, 100, 100), np.float32), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))  # x, y 0-99, z 0-147
+    canvas = Volume(np.zeros((20, 30, 40), np.float32), (2.0, 2.0, 2.0), (20.0, 0.0, 110.0))
+    # x: 20-98 inside 0-99 (the high face 1 mm from the edge: under half a 2 mm voxel); y from the edge; z to 148
+    assert faces_inside(canvas, scan) == {"x0": True, "x1": False, "y0": False, "y1": True, "z0": True, "z1": False}
+
+
+def test_a_region_at_an_open_face_is_warned_about_with_its_side():
+    from KidneyTumorSegLib.pipeline import AT_EDGE, KidneysFound, Pipeline
+    from KidneyTumorSegLib.volume import Volume
+
+    scan = Volume(np.zeros((60, 100, 100), np.float32), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    canvas = Volume(np.zeros((20, 30, 40), np.float32), (2.0, 2.0, 2.0), (10.0, 10.0, 20.0))
+    labels = np.zeros(canvas.array.shape, np.uint8)
+    labels[5:15, 5:25, 30:40] = 2  # runs into x1, at high x: the patient's left in LPS
+    labels[5:15, 5:25, 2:12] = 1  # a kidney inside the canvas on the right
+    found = KidneysFound(canvas, [], midline_mm=10.0 + 2.0 * 20)
+    regions = Pipeline._regions_at_edge(labels, canvas, scan, found)
+    assert regions == [{"ml": 16.0, "faces": ["x1"], "tumour_share": 1.0, "side": "left"}]
+    text = AT_EDGE.format(side="left", ml=16.0, tumour=100.0)
+    assert "patient's left (16 mL, 100 % of it tumour)" in text and "check that it is a kidney" in text

@@ -182,6 +182,7 @@ def evaluate(
                 "seconds": round(time.perf_counter() - t0, 2),
                 "seen_in_training": mask_of(case_id) in seen_masks,
                 "contrast_detected": (result.report.get("contrast") or {}).get("phase"),
+                "regions_at_edge": result.report.get("regions_at_edge", []),
                 **({"phantom": _rounded(drawn[0])} if drawn and drawn[0] else {}),
             }
         )

@@ -136,6 +136,7 @@ def evaluate_scans(weights, scans: list[LabelledScan], kidney_free: dict | None 
                "false_kidney_ml_in_free_slices": round(float(pred[free].sum()) * voxel_ml, 2) if free.size else None,
                "contrast": result.report.get("contrast"),
                "discarded_regions": result.report.get("discarded_regions", []),
+               "regions_at_edge": result.report.get("regions_at_edge", []),
                "seen_in_training": derived_from_any(scan.name, seen_real)}
         organs = scan.organ_ids() if raw is not None else {}
         if organs:  # a localiser or segmenter that takes the liver or spleen for kidney shows here
