@@ -29,9 +29,10 @@ NO_KIDNEY = "No kidney was found in this scan; the result is empty."
 GPU_FULL = "GPU out of memory: the run continued on the CPU."
 ENCASED = ("A region of {ml:.0f} mL that bone surrounds was labelled as kidney and discarded: "
            "a kidney is never encased in bone (check the scan covers the abdomen).")
-AT_EDGE = ("The region on the patient's {side} ({ml:.0f} mL, {tumour:.0f} % of it tumour) runs on beyond the part of the scan "
-           "that was segmented, as a liver or spleen does and a kidney does not: check that it is a kidney "
-           "(a missing, low or displaced kidney leaves its place to these organs).")
+AT_EDGE = ("The region on the patient's {side} ({ml:.0f} mL, {tumour:.0f} % of it tumour) runs on sideways beyond "
+           "the part of the scan that was segmented, as a liver or spleen does and a kidney does not: check that "
+           "it is a kidney (a missing, low or displaced kidney leaves its place to these organs).")
+
 
 
 @dataclass
@@ -217,10 +218,12 @@ class Pipeline:
 
     @staticmethod
     def _regions_at_edge(labels: np.ndarray, canvas: Volume, volume: Volume, found: KidneysFound) -> list[dict]:
-        """Kept regions touching a canvas face behind which the scan goes on, each with its side
-        (LPS: the patient's right at low x)."""
-        regions = plausibility.regions_reaching_faces(labels, resampling.faces_inside(canvas, volume),
-                                                      canvas.voxel_volume_ml)
+        """Kept regions touching a side face (x or y) of the canvas behind which the scan goes on, each
+        with its side (LPS: the patient's right at low x). The top and bottom faces do not count: the
+        z-localiser's slices can end inside a kidney's pole (15 true kidneys of the painted phantoms
+        touch them), while sideways the box holds all the xy-localiser marked."""
+        sideways = {f: v for f, v in resampling.faces_inside(canvas, volume).items() if f[0] in "xy"}
+        regions = plausibility.regions_reaching_faces(labels, sideways, canvas.voxel_volume_ml)
         midline = _x_index(found.midline_mm, canvas)
         midline = 0.5 * (canvas.array.shape[2] - 1) if midline is None else midline
         for region in regions:
