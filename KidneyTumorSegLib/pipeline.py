@@ -29,6 +29,8 @@ NO_KIDNEY = "No kidney was found in this scan; the result is empty."
 GPU_FULL = "GPU out of memory: the run continued on the CPU."
 ENCASED = ("A region of {ml:.0f} mL that bone surrounds was labelled as kidney and discarded: "
            "a kidney is never encased in bone (check the scan covers the abdomen).")
+GROW_MM = 40.0  # how far a box grows past a kidney pole cut by the segmented slices (a third of a kidney)
+GROW_ROUNDS = 2  # at most this many regrowths: bounded time on a scan where something keeps reaching
 AT_EDGE = ("The region on the patient's {side} ({ml:.0f} mL, {tumour:.0f} % of it tumour) runs on sideways beyond "
            "the part of the scan that was segmented, as a liver or spleen does and a kidney does not: check that "
            "it is a kidney (a missing, low or displaced kidney leaves its place to these organs).")
@@ -187,9 +189,15 @@ class Pipeline:
         if not found.boxes:
             return volume.with_array(np.zeros(volume.array.shape, np.uint8))
         ctx.progress(0.4, f"Segmenting {len(found.boxes)} kidney region(s)")
-        probs, canvas = self._segment_boxes(ctx, volume, found.grid, found.boxes)
-        ctx.check_cancel()
-        canvas_labels, found.discarded = self._labels_on_canvas(probs, canvas, found)
+        for grow in range(GROW_ROUNDS + 1):
+            probs, canvas = self._segment_boxes(ctx, volume, found.grid, found.boxes)
+            ctx.check_cancel()
+            canvas_labels, found.discarded = self._labels_on_canvas(probs, canvas, found)
+            grown = self._grown_boxes(canvas_labels, canvas, volume, found) if grow < GROW_ROUNDS else None
+            if not grown:
+                break
+            found.boxes = grown
+            ctx.progress(0.4, "A kidney reaches past the segmented slices: segmenting further")
         for region in found.discarded:
             ctx.warn(ENCASED.format(ml=region["ml"]))
         found.at_edge = self._regions_at_edge(canvas_labels, canvas, volume, found)
@@ -215,6 +223,35 @@ class Pipeline:
                 return labels, discarded
             discarded += more
             exclude = encased if exclude is None else exclude | encased
+
+    @staticmethod
+    def _grown_boxes(labels: np.ndarray, canvas: Volume, volume: Volume, found: KidneysFound) -> list | None:
+        """The boxes, those on the side of a kept region that reaches the canvas's top or bottom
+        while the scan goes on extended by GROW_MM that way (the z-localiser's slices ended inside a
+        pole); None when no region does or no box can grow."""
+        ends = {f: v for f, v in resampling.faces_inside(canvas, volume).items() if f[0] == "z"}
+        regions = plausibility.regions_reaching_faces(labels, ends, canvas.voxel_volume_ml)
+        if not regions:
+            return None
+        grid = found.grid
+        step = int(np.ceil(GROW_MM / grid.spacing[2]))
+        canvas_mid, grid_mid = _x_index(found.midline_mm, canvas), _x_index(found.midline_mm, grid)
+        canvas_mid = 0.5 * (canvas.array.shape[2] - 1) if canvas_mid is None else canvas_mid
+        grid_mid = 0.5 * (grid.array.shape[2] - 1) if grid_mid is None else grid_mid
+        boxes, changed = list(found.boxes), False
+        for region in regions:
+            right = region["x_index"] < canvas_mid  # LPS: the patient's right at low x
+            for i, box in enumerate(boxes):
+                if (box.centre[2] < grid_mid) != right:
+                    continue
+                lo, hi = list(box.lo), list(box.hi)
+                if "z0" in region["faces"]:
+                    lo[0] = max(0, lo[0] - step)
+                if "z1" in region["faces"]:
+                    hi[0] = min(grid.array.shape[0], hi[0] + step)
+                if (tuple(lo), tuple(hi)) != (box.lo, box.hi):
+                    boxes[i], changed = localisation.Box(tuple(lo), tuple(hi)), True
+        return boxes if changed else None
 
     @staticmethod
     def _regions_at_edge(labels: np.ndarray, canvas: Volume, volume: Volume, found: KidneysFound) -> list[dict]:

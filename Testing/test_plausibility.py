@@ -162,3 +162,29 @@ def test_a_region_at_an_open_face_is_warned_about_with_its_side():
     labels[:] = 0
     labels[12:20, 5:25, 2:12] = 1
     assert Pipeline._regions_at_edge(labels, canvas, scan, found) == []
+
+
+def test_boxes_grow_past_a_kidney_pole_the_segmented_slices_cut():
+    """A kept region reaching the canvas's top while the scan goes on: the boxes on its side grow
+    GROW_MM upwards (clipped to the grid), the other side's stay; at the scan's own edge nothing grows."""
+    from KidneyTumorSegLib.localisation import Box
+    from KidneyTumorSegLib.pipeline import GROW_MM, KidneysFound, Pipeline
+    from KidneyTumorSegLib.volume import Volume
+
+    scan = Volume(np.zeros((100, 100, 100), np.float32), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))  # z 0-198 mm
+    grid = Volume(np.zeros((50, 25, 25), np.float32), (4.0, 4.0, 4.0), (0.0, 0.0, 0.0))  # the localiser grid
+    canvas = Volume(np.zeros((30, 30, 40), np.float32), (2.0, 2.0, 2.0), (10.0, 10.0, 40.0))  # z 40-98 mm
+    labels = np.zeros(canvas.array.shape, np.uint8)
+    labels[20:30, 5:25, 28:38] = 1  # the patient's left (high x), up to the canvas's top
+    labels[5:15, 5:25, 2:12] = 1  # the right one, inside
+    found = KidneysFound(grid, [Box((12, 4, 2), (24, 16, 10)), Box((12, 4, 15), (24, 16, 23))], midline_mm=50.0)
+    grown = Pipeline._grown_boxes(labels, canvas, scan, found)
+    step = int(np.ceil(GROW_MM / 4.0))
+    assert grown[0] == found.boxes[0]  # the right box (low x) stays
+    assert grown[1] == Box((12, 4, 15), (24 + step, 16, 23))
+    # a box already at the grid's top cannot grow: nothing changes, so no second run
+    found.boxes[1] = Box((12, 4, 15), (50, 16, 23))
+    assert Pipeline._grown_boxes(labels, canvas, scan, found) is None
+    # the scan ends at the canvas's top: the pole is cut by the scan, not by the slices chosen
+    short = Volume(np.zeros((50, 100, 100), np.float32), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))  # z 0-98 mm
+    assert Pipeline._grown_boxes(labels, canvas, short, found) is None
