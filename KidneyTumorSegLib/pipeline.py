@@ -3,7 +3,9 @@
 It only composes the stages (each a plain function elsewhere): input checks -> localiser grid ->
 z-localiser -> xy-localiser -> kidney boxes -> segmenter windows on a canvas around the boxes ->
 stitching -> post-processing (per side, the region the xy-localiser also marked; a region bone encases
-hands its side to the next) -> labels back onto the input grid -> sides and measurements.
+hands its side to the next; a kept region cut by the canvas's top or bottom grows its boxes and the
+segmenter runs again, at most twice; one running into a side face is warned about) -> labels back
+onto the input grid -> sides and measurements.
 Each run has its own :class:`~.run_context.RunContext` (progress, cancel, warnings, clock, device),
 so a GPU that ran out of memory in one run is tried again in the next.
 """
