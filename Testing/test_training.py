@@ -398,7 +398,14 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_data_parallel_two_gloo_ranks_hold_identical_weights_after_a_step(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    try:
+        mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    except mp.ProcessExitedException as err:
+        # Rank 0 writes ddp.json only after both ranks took the step and joined the all_gather, so a
+        # rank killed by a signal after it exists died in gloo's teardown (a rare abort of its
+        # threads at process exit, seen once on the 2-core CI machine), not in what is tested here.
+        if err.signal_name is None or not (tmp_path / "ddp.json").exists():
+            raise
     result = json.loads((tmp_path / "ddp.json").read_text())
     assert result["initial_differed"]  # so identity afterwards is DDP's doing
     assert result["identical_after"]
