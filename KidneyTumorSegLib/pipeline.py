@@ -371,6 +371,7 @@ class Pipeline:
         if not structures:
             ctx.warn(NO_KIDNEY)
         phase = contrast.contrast_phase(volume, labels.array) if structures else None
+        ctx.clock.lap("contrast")  # seconds on a large scan: it belongs in the reported total
         unreliable = contrast.warning_for(phase)
         if unreliable:
             ctx.warn(unreliable)

@@ -88,3 +88,17 @@ def test_the_real_scans_phase_is_judged_right_from_their_true_kidneys(case, ids,
     result = contrast.contrast_phase(ct, np.isin(truth, ids).astype(np.uint8))
     assert result["enhanced"] is enhanced
     assert result["phase"] == (contrast.VENOUS if enhanced else contrast.UNENHANCED)
+
+
+def test_thin_slices_are_judged_like_the_same_kidney_at_1_mm():
+    """Axes finer than 1 mm are thinned before the distance transform: 0.5 mm slices of a kidney
+    give the phase and HU of the same kidney at 1 mm."""
+    from KidneyTumorSegLib.volume import Volume
+
+    ct, labels = _shell_kidney(cortex_hu=170.0, medulla_hu=40.0)
+    thin = Volume(np.repeat(np.asarray(ct.array), 2, axis=0), (1.0, 1.0, 0.5), (0.0, 0.0, 0.0))
+    at_1mm = contrast.contrast_phase(ct, labels)
+    at_half = contrast.contrast_phase(thin, np.repeat(labels, 2, axis=0))
+    assert at_half["phase"] == at_1mm["phase"] == contrast.ARTERIAL
+    for key in ("kidney_median_hu", "cortex_minus_inner_hu", "brightest_1pct_hu"):
+        assert at_half[key] == pytest.approx(at_1mm[key], abs=3.0)

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ENGINE_STAGES = ("read", "preprocess", "z_localiser", "xy_localiser", "segmenter", "stitching", "postprocess",
-                 "resample_back", "write", "total")
+                 "resample_back", "contrast", "write", "total")
 REFERENCE_STAGES = ("read", "preprocess", "allocate", "network", "accumulate", "divide", "resample_back", "write",
                     "total")
 TARGETS = {
