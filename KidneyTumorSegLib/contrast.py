@@ -28,17 +28,19 @@ UNRELIABLE_TUMOUR = ("This scan looks unenhanced (kidneys about {hu:.0f} HU): th
 def contrast_phase(volume: Volume, labels: np.ndarray, min_ml: float = 10.0) -> dict | None:
     """The phase judged from the kidney voxels (``labels == 1``, tumour excluded) of ``volume``'s HU,
     or None when too little kidney was found to judge. Works on the labels' bounding box only."""
-    kidney_all = np.asarray(labels) == 1
-    if kidney_all.sum() * volume.voxel_volume_ml < min_ml:
+    labels = np.asarray(labels)
+    # the labels' own box first: a whole-scan comparison allocates as much as the scan (1.3 s of a
+    # 512 x 512 x 611 run went to that alone)
+    sl = mask_box(labels, [int(np.ceil(6.0 / s)) for s in volume.spacing[::-1]])
+    if sl is None or np.count_nonzero(labels[sl] == 1) * volume.voxel_volume_ml < min_ml:
         return None
-    sl = mask_box(kidney_all, [int(np.ceil(6.0 / s)) for s in volume.spacing[::-1]])
     # every axis finer than 1 mm is thinned to about 1 mm: the HU medians do not need more, and the
     # distance transform on a 0.5 mm-slice box cost seconds
     step = [max(1, int(1.0 // s)) for s in volume.spacing[::-1]]
     sl = tuple(slice(a.start, a.stop, k) for a, k in zip(sl, step))
     spacing = [s * k for s, k in zip(volume.spacing[::-1], step)]
     hu = np.asarray(volume.array[sl], dtype=np.float32)
-    kidney = kidney_all[sl]
+    kidney = labels[sl] == 1
     depth = ndimage.distance_transform_edt(kidney, sampling=spacing)
     parenchyma = hu[depth >= 2.0] if (depth >= 2.0).any() else hu[kidney]
     median = float(np.median(parenchyma))
