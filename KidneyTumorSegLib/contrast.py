@@ -34,8 +34,8 @@ def contrast_phase(volume: Volume, labels: np.ndarray, min_ml: float = 10.0) -> 
     sl = mask_box(labels, [int(np.ceil(6.0 / s)) for s in volume.spacing[::-1]])
     if sl is None or np.count_nonzero(labels[sl] == 1) * volume.voxel_volume_ml < min_ml:
         return None
-    # every axis finer than 1 mm is thinned to about 1 mm: the HU medians do not need more, and the
-    # distance transform on a 0.5 mm-slice box cost seconds
+    # axes of 0.5 mm or finer keep every k-th voxel (k = floor(1 mm / spacing)): the HU medians do not
+    # need more, and the distance transform on a 0.5 mm-slice box cost seconds
     step = [max(1, int(1.0 // s)) for s in volume.spacing[::-1]]
     sl = tuple(slice(a.start, a.stop, k) for a, k in zip(sl, step))
     spacing = [s * k for s, k in zip(volume.spacing[::-1], step)]
@@ -49,10 +49,11 @@ def contrast_phase(volume: Volume, labels: np.ndarray, min_ml: float = 10.0) -> 
     diff = float(np.median(cortex) - np.median(deep)) if cortex.size and deep.size else 0.0
     around = ndimage.binary_dilation(kidney, iterations=2) | kidney
     bright = float(np.percentile(hu[around], 99))
-    if diff > CORTICOMEDULLARY_DIFF_HU:
-        # only contrast separates cortex from medulla (unenhanced parenchyma is even: -16 to -12 HU on
-        # the real non-contrast scan here), so an early arterial scan whose thick medulla pulls the
-        # median below the unenhanced limit is still enhanced
+    if diff > CORTICOMEDULLARY_DIFF_HU and float(np.median(cortex)) >= ENHANCED_ABOVE_HU:
+        # only contrast makes an enhanced cortex stand out from the medulla (unenhanced parenchyma is
+        # even: -16 to -12 HU on the real non-contrast scan here), so an early arterial scan whose
+        # thick medulla pulls the median below the unenhanced limit is still enhanced; the cortex must
+        # itself be enhanced, or sinus fat inside a plain kidney's label would pass for contrast
         phase = EXCRETORY if bright > EXCRETED_ABOVE_HU else ARTERIAL
     elif median < UNENHANCED_BELOW_HU:
         phase = UNENHANCED

@@ -199,6 +199,7 @@ class Pipeline:
             if not grown:
                 break
             found.boxes = grown
+            probs = canvas = canvas_labels = None  # the next round's arrays need the room
             ctx.progress(0.4, "A kidney reaches past the segmented slices: segmenting further")
         for region in found.discarded:
             ctx.warn(ENCASED.format(ml=region["ml"]))

@@ -71,6 +71,10 @@ def test_corticomedullary_differentiation_means_contrast_even_when_the_median_is
     # the same kidney without contrast: even parenchyma, judged unenhanced and warned about
     plain = contrast.contrast_phase(*_shell_kidney(cortex_hu=38.0, medulla_hu=35.0))
     assert plain["phase"] == contrast.UNENHANCED and contrast.warning_for(plain)
+    # a plain kidney whose label takes in sinus fat: a large step, but no enhanced cortex
+    fatty = contrast.contrast_phase(*_shell_kidney(cortex_hu=35.0, medulla_hu=-20.0))
+    assert fatty["cortex_minus_inner_hu"] > contrast.CORTICOMEDULLARY_DIFF_HU
+    assert fatty["phase"] == contrast.UNENHANCED and contrast.warning_for(fatty)
 
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_ct"
@@ -102,3 +106,18 @@ def test_thin_slices_are_judged_like_the_same_kidney_at_1_mm():
     assert at_half["phase"] == at_1mm["phase"] == contrast.ARTERIAL
     for key in ("kidney_median_hu", "cortex_minus_inner_hu", "brightest_1pct_hu"):
         assert at_half[key] == pytest.approx(at_1mm[key], abs=3.0)
+    # and the distance transform ran on every other slice, with the thinned axis's spacing
+    seen = []
+    real_edt = contrast.ndimage.distance_transform_edt
+
+    def spy(mask, sampling=None, **kw):
+        seen.append((mask.shape, tuple(sampling)))
+        return real_edt(mask, sampling=sampling, **kw)
+
+    contrast.ndimage.distance_transform_edt = spy
+    try:
+        contrast.contrast_phase(thin, np.repeat(labels, 2, axis=0))
+    finally:
+        contrast.ndimage.distance_transform_edt = real_edt
+    (shape, sampling), = seen
+    assert sampling == (1.0, 1.0, 1.0) and shape[0] <= labels.shape[0] + 12  # unthinned: about 144 slices

@@ -188,3 +188,23 @@ def test_boxes_grow_past_a_kidney_pole_the_segmented_slices_cut():
     # the scan ends at the canvas's top: the pole is cut by the scan, not by the slices chosen
     short = Volume(np.zeros((50, 100, 100), np.float32), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))  # z 0-98 mm
     assert Pipeline._grown_boxes(labels, canvas, short, found) is None
+
+
+def test_boxes_grow_downwards_in_slices_of_the_grids_own_z_spacing():
+    """The growth is GROW_MM in the localiser grid's z spacing (not its x spacing), and stops at
+    the grid's first slice."""
+    from KidneyTumorSegLib.localisation import Box
+    from KidneyTumorSegLib.pipeline import GROW_MM, KidneysFound, Pipeline
+    from KidneyTumorSegLib.volume import Volume
+
+    scan = Volume(np.zeros((100, 100, 100), np.float32), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    grid = Volume(np.zeros((40, 25, 50), np.float32), (2.0, 4.0, 5.0), (0.0, 0.0, 0.0))  # z slices 5 mm
+    canvas = Volume(np.zeros((30, 30, 40), np.float32), (2.0, 2.0, 2.0), (10.0, 10.0, 60.0))  # z 60-118 mm
+    labels = np.zeros(canvas.array.shape, np.uint8)
+    labels[0:10, 5:25, 2:12] = 1  # the patient's right, down to the canvas's bottom
+    found = KidneysFound(grid, [Box((14, 4, 5), (24, 16, 20)), Box((2, 4, 30), (24, 16, 45))], midline_mm=50.0)
+    grown = Pipeline._grown_boxes(labels, canvas, scan, found)
+    assert grown[0] == Box((14 - int(np.ceil(GROW_MM / 5.0)), 4, 5), (24, 16, 20))  # 8 slices of 5 mm
+    assert grown[1] == found.boxes[1]  # the left box stays
+    found.boxes[0] = Box((3, 4, 5), (24, 16, 20))
+    assert Pipeline._grown_boxes(labels, canvas, scan, found)[0].lo[0] == 0  # clipped at the first slice
