@@ -46,10 +46,11 @@ def contrast_phase(volume: Volume, labels: np.ndarray, min_ml: float = 10.0) -> 
     median = float(np.median(parenchyma))
     cortex = hu[(depth >= 1.5) & (depth <= 4.0)]
     deep = hu[depth >= 7.0]
-    diff = float(np.median(cortex) - np.median(deep)) if cortex.size and deep.size else 0.0
+    cortex_hu = float(np.median(cortex)) if cortex.size else 0.0
+    diff = cortex_hu - float(np.median(deep)) if cortex.size and deep.size else 0.0
     around = ndimage.binary_dilation(kidney, iterations=2) | kidney
     bright = float(np.percentile(hu[around], 99))
-    if diff > CORTICOMEDULLARY_DIFF_HU and float(np.median(cortex)) >= ENHANCED_ABOVE_HU:
+    if diff > CORTICOMEDULLARY_DIFF_HU and cortex_hu >= ENHANCED_ABOVE_HU:
         # only contrast makes an enhanced cortex stand out from the medulla (unenhanced parenchyma is
         # even: -16 to -12 HU on the real non-contrast scan here), so an early arterial scan whose
         # thick medulla pulls the median below the unenhanced limit is still enhanced; the cortex must

@@ -69,6 +69,12 @@ class KidneysFound:
         return [round(self.grid.origin[2] + k * self.grid.spacing[2], 1) for k in (k0, k1)]
 
 
+def _midline_index(found: KidneysFound, grid: Volume) -> float:
+    """The body's midline as an x index of ``grid``; the grid's middle when no midline was found."""
+    x = _x_index(found.midline_mm, grid)
+    return 0.5 * (grid.array.shape[2] - 1) if x is None else x
+
+
 def _x_index(x_mm: float | None, grid: Volume) -> float | None:
     """An LPS x (mm) as a (fractional) x index of a canonical grid, None passing through."""
     return None if x_mm is None else (x_mm - grid.origin[0]) / grid.spacing[0]
@@ -228,24 +234,32 @@ class Pipeline:
             exclude = encased if exclude is None else exclude | encased
 
     @staticmethod
+    def _regions_at_open_faces(labels: np.ndarray, canvas: Volume, volume: Volume, found: KidneysFound,
+                               axes: str) -> list[dict]:
+        """Kept regions touching a face of the canvas along ``axes`` ("z", "xy") behind which the scan
+        goes on, each with its side (LPS: the patient's right at low x)."""
+        open_faces = {f: v for f, v in resampling.faces_inside(canvas, volume).items() if f[0] in axes}
+        regions = plausibility.regions_reaching_faces(labels, open_faces, canvas.voxel_volume_ml)
+        midline = _midline_index(found, canvas)
+        for region in regions:
+            region["side"] = "right" if region.pop("x_index") < midline else "left"
+        return regions
+
+    @staticmethod
     def _grown_boxes(labels: np.ndarray, canvas: Volume, volume: Volume, found: KidneysFound) -> list | None:
         """The boxes, those on the side of a kept region that reaches the canvas's top or bottom
         while the scan goes on extended by GROW_MM that way (the z-localiser's slices ended inside a
         pole); None when no region does or no box can grow."""
-        ends = {f: v for f, v in resampling.faces_inside(canvas, volume).items() if f[0] == "z"}
-        regions = plausibility.regions_reaching_faces(labels, ends, canvas.voxel_volume_ml)
+        regions = Pipeline._regions_at_open_faces(labels, canvas, volume, found, "z")
         if not regions:
             return None
         grid = found.grid
         step = int(np.ceil(GROW_MM / grid.spacing[2]))
-        canvas_mid, grid_mid = _x_index(found.midline_mm, canvas), _x_index(found.midline_mm, grid)
-        canvas_mid = 0.5 * (canvas.array.shape[2] - 1) if canvas_mid is None else canvas_mid
-        grid_mid = 0.5 * (grid.array.shape[2] - 1) if grid_mid is None else grid_mid
+        grid_mid = _midline_index(found, grid)
         boxes, changed = list(found.boxes), False
         for region in regions:
-            right = region["x_index"] < canvas_mid  # LPS: the patient's right at low x
             for i, box in enumerate(boxes):
-                if (box.centre[2] < grid_mid) != right:
+                if ("right" if box.centre[2] < grid_mid else "left") != region["side"]:
                     continue
                 lo, hi = list(box.lo), list(box.hi)
                 if "z0" in region["faces"]:
@@ -259,17 +273,10 @@ class Pipeline:
     @staticmethod
     def _regions_at_edge(labels: np.ndarray, canvas: Volume, volume: Volume, found: KidneysFound) -> list[dict]:
         """Kept regions touching a side face (x or y) of the canvas behind which the scan goes on, each
-        with its side (LPS: the patient's right at low x). The top and bottom faces do not count: the
-        z-localiser's slices can end inside a kidney's pole (15 true kidneys of the painted phantoms
-        touch them), while sideways the box holds all the xy-localiser marked."""
-        sideways = {f: v for f, v in resampling.faces_inside(canvas, volume).items() if f[0] in "xy"}
-        regions = plausibility.regions_reaching_faces(labels, sideways, canvas.voxel_volume_ml)
-        midline = _x_index(found.midline_mm, canvas)
-        midline = 0.5 * (canvas.array.shape[2] - 1) if midline is None else midline
-        for region in regions:
-            x = region.pop("x_index")
-            region["side"] = "right" if x < midline else "left"
-        return regions
+        with its side. The top and bottom faces do not count: the z-localiser's slices can end inside
+        a kidney's pole (15 true kidneys of the painted phantoms touch them), while sideways the box
+        holds all the xy-localiser marked."""
+        return Pipeline._regions_at_open_faces(labels, canvas, volume, found, "xy")
 
     @staticmethod
     def _localiser_support(found: KidneysFound, canvas: Volume) -> np.ndarray | None:

@@ -81,9 +81,6 @@ def encased_regions(labels: np.ndarray, hu: np.ndarray, spacing_xyz, voxel_ml: f
 
 
 
-FACES = ("z0", "z1", "y0", "y1", "x0", "x1")  # the canvas's faces, low and high end of each axis
-
-
 def regions_reaching_faces(labels: np.ndarray, open_faces: dict[str, bool], voxel_ml: float) -> list[dict]:
     """The kidney components of ``labels`` (0/1/2 on the segmenter's canvas) that touch a face of
     the canvas behind which the scan goes on (``open_faces[face]`` True): their volume in mL, the

@@ -39,6 +39,11 @@ def validation_masks(split_json: Path, data: Path) -> dict[str, list[str]]:
             if (chosen := [m for m in wanted if (data / ds / m / "segmentation.nii.gz").exists()])}
 
 
+def evaluate_command(args) -> list[str]:
+    """``evaluate`` for this bundle with these threads: the start of every command below."""
+    return ["evaluate", "--weights", args.bundle, "--threads", args.threads]
+
+
 def evaluate_validation(cli, args, out: Path, bodies_at: str) -> int:
     data = Path(args.data)
     for ds, masks in validation_masks(Path(args.validation), data).items():
@@ -46,8 +51,7 @@ def evaluate_validation(cli, args, out: Path, bodies_at: str) -> int:
                   "--grid-mm", args.grid_mm]
         for extra, name in (([], f"validation_bodies_{ds}.json"),
                             (["--displace-kidney", DISPLACED_MM], f"validation_bodies_{ds}_displaced.json")):
-            code = cli(["evaluate", "--weights", args.bundle, "--threads", args.threads, *bodies, *extra,
-                        "--out", str(out / name)])
+            code = cli([*evaluate_command(args), *bodies, *extra, "--out", str(out / name)])
             if code:
                 return code
     return 0
@@ -73,13 +77,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data)
     free = [a for spec in KIDNEY_FREE for a in ("--kidney-free", spec)]
-    code = cli(["evaluate", "--weights", args.bundle, "--threads", args.threads, "--scans", str(data / "real_ct"), *free,
+    code = cli([*evaluate_command(args), "--scans", str(data / "real_ct"), *free,
                 "--overlays", str(out / "overlays"), "--out", str(out / "real_ct.json")])
     if not code and args.variants:
         whole_free = [spec for spec in KIDNEY_FREE if ":" not in spec]
         names = sorted(d.name for d in Path(args.variants).iterdir() if d.is_dir())
         free = [a for n in names if derived_from_any(n, whole_free) for a in ("--kidney-free", n)]
-        code = cli(["evaluate", "--weights", args.bundle, "--threads", args.threads, "--scans", args.variants, *free,
+        code = cli([*evaluate_command(args), "--scans", args.variants, *free,
                     "--overlays", str(out / "variant_overlays"), "--out", str(out / "scanner_variants.json")])
     bodies_at = str(data / "anatomy" / "totalsegmentator") + ":s0001,s0004,s0006"
     if not code and args.validation:
@@ -90,10 +94,10 @@ def main(argv=None) -> int:
     held = [c for i, c in enumerate(k19) if i % 7 == 3][: args.heldout]
     bodies = ["--kits-masks", str(data / "kits19"), "--cases", ",".join(held),
               "--in-bodies", bodies_at, "--grid-mm", args.grid_mm]
-    code = cli(["evaluate", "--weights", args.bundle, "--threads", args.threads, *bodies, "--out", str(out / "heldout_bodies.json")])
+    code = cli([*evaluate_command(args), *bodies, "--out", str(out / "heldout_bodies.json")])
     if code or not args.displaced:
         return code
-    return cli(["evaluate", "--weights", args.bundle, "--threads", args.threads, *bodies, "--displace-kidney", DISPLACED_MM,
+    return cli([*evaluate_command(args), *bodies, "--displace-kidney", DISPLACED_MM,
                 "--out", str(out / "heldout_bodies_displaced.json")])
 
 
