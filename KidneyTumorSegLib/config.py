@@ -82,6 +82,9 @@ class SegmenterConfig:
 # (scripts/merge_bundle.py --set); a fine-tune may start from a bundle whose settings differ.
 INFERENCE_SETTINGS = frozenset({"threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "min_tumour_ml",
                                 "margin_mm", "min_component_ml", "overlap"})
+# The inference settings that leave the segmenter's outputs for given boxes unchanged (they act on
+# the localisers' boxes or on the post-processing): a sweep over them can reuse those outputs.
+REUSABLE_SEGMENTER_SETTINGS = INFERENCE_SETTINGS - {"mirror_x", "overlap"}
 
 
 @dataclass
@@ -165,3 +168,28 @@ class ModelConfig:
                     raw[key] = tuple(value)
             parts[f.name] = sub_cls(**raw)
         return cls(**parts)
+
+
+def with_settings(config: ModelConfig, items: list[str]) -> ModelConfig:
+    """A copy of ``config`` with ``PART.KEY=VALUE`` inference settings applied (``segmenter.
+    tumour_threshold=0.4``); ValueError for anything but an inference setting, since the networks'
+    shapes must match their weights."""
+    data = config.to_dict()
+    for item in items:
+        key, sep, value = item.partition("=")
+        part, _, name = key.partition(".")
+        if not sep or part not in data or name not in data[part]:
+            raise ValueError(f"{item!r}: expected PART.KEY=VALUE with a setting of the configuration")
+        if name not in INFERENCE_SETTINGS:
+            raise ValueError(f"{item!r}: {name} shapes the networks; only inference settings can change")
+        current = data[part][name]
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"{item!r}: {name} is true or false")
+            data[part][name] = value.lower() == "true"
+        else:
+            try:
+                data[part][name] = type(current)(value)
+            except ValueError:
+                raise ValueError(f"{item!r}: {name} takes a number") from None
+    return ModelConfig.from_dict(data)

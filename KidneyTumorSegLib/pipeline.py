@@ -13,6 +13,7 @@ so a GPU that ran out of memory in one run is tried again in the next.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,12 +94,25 @@ class Pipeline:
         self.nets = networks_from_bundle(bundle)
         self.configured_device = resolve_device(device)
         self._place_networks(self.configured_device)
+        self._reused_windows: dict | None = None
 
     @classmethod
     def from_weights(cls, weights=None, device: str = "auto", **kwargs) -> Pipeline:
         """``weights``: a Bundle, a file path, or None for the bundled weights."""
         bundle = weights if isinstance(weights, Bundle) else load_bundle(weights)
         return cls(bundle, device=device, **kwargs)
+
+    @contextmanager
+    def segmenter_outputs_reused(self):
+        """Within this block, a run over boxes already segmented reuses the segmenter's stitched
+        probabilities instead of running it again: evaluating several post-processing settings on
+        one scan costs one segmentation. For one scan at a time, and only for settings that leave
+        those outputs unchanged (``config.REUSABLE_SEGMENTER_SETTINGS``)."""
+        self._reused_windows = {}
+        try:
+            yield
+        finally:
+            self._reused_windows = None
 
     # --- devices --------------------------------------------------------------------------------
     @property
@@ -304,6 +318,16 @@ class Pipeline:
 
     def _segment_boxes(self, ctx: RunContext, volume: Volume, loc_grid: Volume, boxes):
         """Probabilities (2, z, y, x) on a canvas around the boxes, and the canvas geometry."""
+        key = tuple((b.lo, b.hi) for b in boxes)
+        if self._reused_windows is not None and key in self._reused_windows:
+            return self._reused_windows[key]
+        probs, canvas = self._segment_windows(ctx, volume, loc_grid, boxes)
+        if self._reused_windows is not None:
+            self._reused_windows[key] = (probs, canvas)
+        return probs, canvas
+
+    def _segment_windows(self, ctx: RunContext, volume: Volume, loc_grid: Volume, boxes):
+        """The segmenter run window by window over a canvas around the boxes, and stitched."""
         cfg = self.config.segmenter
         seg_sp = np.asarray(cfg.spacing_mm, dtype=float)
         patch = tuple(cfg.patch_size_xyz[::-1])

@@ -142,3 +142,42 @@ def test_fine_pixel_scan_of_a_held_out_anatomy_keeps_both_kidneys(fine_pixel_res
 def test_fine_pixel_scan_of_a_held_out_anatomy_gets_its_tumour(fine_pixel_result):
     labels, truth = fine_pixel_result
     assert dice(labels == 2, truth == 2) >= TUMOUR_DICE_MIN
+
+
+def test_a_settings_sweep_segments_each_case_once_and_matches_separate_runs(monkeypatch):
+    """``evaluate(..., settings=...)`` reuses the segmenter's outputs across the settings it compares:
+    the networks run once per case, and each setting's result is exactly that of a run with a
+    bundle carrying it. A higher tumour threshold labels no more tumour."""
+    from KidneyTumorSegLib.config import with_settings
+    from KidneyTumorSegLib.phantoms import make_phantom, procedural_labels
+    from KidneyTumorSegLib.pipeline import Pipeline
+    from KidneyTumorSegLib.training.evaluate import evaluate
+    from KidneyTumorSegLib.weights import Bundle
+
+    truth = procedural_labels(4242, shape_zyx=(60, 160, 160), spacing_xyz=(2.0, 2.0, 4.0), n_kidneys=2)
+    ct, _ = make_phantom(truth, 4242)
+    calls = []
+    real = Pipeline._segment_windows
+
+    def counted(self, *args):
+        calls.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(Pipeline, "_segment_windows", counted)
+    bundle = load_bundle(None)
+    sets = [["segmenter.tumour_threshold=0.2"], ["segmenter.tumour_threshold=0.95", "segmenter.min_tumour_ml=2"]]
+    swept = evaluate(bundle, [("proc", ct, truth)], "cpu", settings=sets)
+    once = len(calls)
+    assert once >= 1
+    rows = [s["cases"][0] for s in swept["sweep"]]
+    assert rows[0]["kidney_dice"] >= KIDNEY_DICE_MIN
+    assert rows[1]["predicted_tumour_ml"] < rows[0]["predicted_tumour_ml"]
+    for items, row in zip(sets, rows):
+        alone = Bundle(with_settings(bundle.config, items), bundle.state_dicts, bundle.header)
+        single = evaluate(alone, [("proc", ct, truth)], "cpu")["cases"][0]
+        assert {k: single[k] for k in ("kidney_dice", "tumour_dice", "predicted_tumour_ml", "false_tumour_ml")} == \
+               {k: row[k] for k in ("kidney_dice", "tumour_dice", "predicted_tumour_ml", "false_tumour_ml")}
+    assert len(calls) >= 2 * once  # the separate runs segmented afresh: the sweep's saving was real
+    # a setting that changes the segmenter's outputs cannot be swept
+    with pytest.raises(ValueError, match="leave the segmenter's outputs unchanged"):
+        evaluate(bundle, [("proc", ct, truth)], "cpu", settings=[["segmenter.mirror_x=false"]])

@@ -553,6 +553,34 @@ def test_evaluate_threads_must_be_a_positive_whole_number(tmp_path, capsys):
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize("sweep, says", [
+    ("segmenter.mirror_x=true,false", "leave the segmenter's outputs unchanged"),
+    ("segmenter.width=8,16", "shapes the networks"),
+    ("segmenter.tumour_threshold", "takes PART.KEY=V1,V2"),
+    ("segmenter.tumour_threshold=low", "takes a number"),
+])
+def test_a_sweep_of_a_setting_that_cannot_be_swept_is_one_clear_sentence(tmp_path, capsys, sweep, says):
+    from KidneyTumorSegLib.cli import main
+
+    code = main(["evaluate", "--procedural", "1", "--sweep", sweep, "--out", str(tmp_path / "r.json"),
+                 "--progress", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_sweep_values_combine_into_every_set():
+    from KidneyTumorSegLib.training.cli import _sweep_sets
+
+    assert _sweep_sets([]) is None
+    assert _sweep_sets(["segmenter.tumour_threshold=0.4,0.6", "segmenter.min_tumour_ml=0.5,2"]) == [
+        ["segmenter.tumour_threshold=0.4", "segmenter.min_tumour_ml=0.5"],
+        ["segmenter.tumour_threshold=0.4", "segmenter.min_tumour_ml=2"],
+        ["segmenter.tumour_threshold=0.6", "segmenter.min_tumour_ml=0.5"],
+        ["segmenter.tumour_threshold=0.6", "segmenter.min_tumour_ml=2"],
+    ]
+
+
 def test_train_without_data_is_a_clear_error(tmp_path, capsys):
     from KidneyTumorSegLib.cli import main
 

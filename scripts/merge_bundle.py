@@ -52,29 +52,8 @@ def summary_of(row: dict) -> dict:
     }
 
 
-def with_settings(config, items: list[str]):
-    """A copy of ``config`` with ``PART.KEY=VALUE`` inference settings applied (ValueError if not one)."""
-    from KidneyTumorSegLib.config import INFERENCE_SETTINGS, ModelConfig
-
-    data = config.to_dict()
-    for item in items:
-        key, sep, value = item.partition("=")
-        part, _, name = key.partition(".")
-        if not sep or part not in data or name not in data[part]:
-            raise ValueError(f"--set {item!r}: expected PART.KEY=VALUE with a setting of the configuration")
-        if name not in INFERENCE_SETTINGS:
-            raise ValueError(f"--set {item!r}: {name} shapes the networks; only inference settings can change")
-        current = data[part][name]
-        if isinstance(current, bool):
-            if value.lower() not in ("true", "false"):
-                raise ValueError(f"--set {item!r}: {name} is true or false")
-            data[part][name] = value.lower() == "true"
-        else:
-            data[part][name] = type(current)(value)
-    return ModelConfig.from_dict(data)
-
-
 def main(argv=None) -> int:
+    from KidneyTumorSegLib.config import with_settings
     from KidneyTumorSegLib.training import NETWORKS
     from KidneyTumorSegLib.training.checkpoint import load_checkpoint
     from KidneyTumorSegLib.weights import load_bundle, networks_from_bundle, save_bundle
@@ -94,7 +73,7 @@ def main(argv=None) -> int:
     try:
         config = with_settings(base.config, args.set)
     except ValueError as err:
-        p.error(str(err))
+        p.error(f"--set {err}")
     states = {n: dict(base.state_dicts[n]) for n in NETWORKS}
     provenance = dict(base.header.get("provenance", {}))
     metrics = dict(base.header.get("metrics", {}))

@@ -414,6 +414,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=_positive_threads, metavar="N",
                    help="CPU threads for the networks, 1 or more (default: torch's; 1 beside a training run)")
+    p.add_argument("--sweep", action="append", default=[], metavar="PART.KEY=V1,V2,...",
+                   help="with phantoms: compare these values of an inference setting (repeatable: every "
+                   "combination), e.g. segmenter.tumour_threshold=0.4,0.5,0.6; each case is segmented once")
     p.add_argument("--out", help="write the JSON report here (default: print it)")
     p.add_argument("--progress", choices=("bar", "none"), default="bar", help="a progress bar on stderr, or none")
     p.set_defaults(func=run_evaluate)
@@ -431,6 +434,21 @@ def _displacement_mm(text: str | None) -> tuple[float, float] | None:
     if not 0 <= lo <= hi:
         raise InputError(f"--displace-kidney needs 0 <= LO <= HI, not {text!r}.")
     return lo, hi
+
+
+def _sweep_sets(items: list[str]) -> list[list[str]] | None:
+    """``--sweep PART.KEY=V1,V2`` options as every combination of their values, None when not given."""
+    import itertools
+
+    if not items:
+        return None
+    axes = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise InputError(f"--sweep takes PART.KEY=V1,V2,... (for example segmenter.tumour_threshold=0.4,0.5), not {item!r}.")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return [list(combo) for combo in itertools.product(*axes)]
 
 
 def _write_report(report: dict, out) -> None:
@@ -476,7 +494,18 @@ def run_evaluate(args) -> int:
 
     _set_threads(args.threads)
     bundle = load_bundle(args.weights)
+    sets = _sweep_sets(args.sweep)
+    if sets:
+        from .evaluate import swept_configs
+
+        try:
+            swept_configs(bundle.config, sets)
+        except ValueError as err:
+            raise InputError(f"--sweep {err}.") from None
     if args.scans:
+        if sets:
+            raise InputError("--sweep compares settings on phantoms (--kits-masks, --procedural); for real scans "
+                             "make a bundle per setting (scripts/merge_bundle.py --set) and evaluate each.")
         return run_evaluate_scans(args, bundle)
     grid = tuple(float(v) for v in args.grid_mm.split(","))
     if len(grid) != 3 or min(grid) <= 0:
@@ -510,15 +539,17 @@ def run_evaluate(args) -> int:
         cases = real_body_cases(masks, bodies, args.seed, grid, displaced)
     else:
         cases = heldout_cases(masks, args.procedural, args.seed, grid)
-    report = evaluate(bundle, cases, args.device, bar, n)
+    report = evaluate(bundle, cases, args.device, bar, n, sets)
     report["grid_mm"] = list(grid)
     report["seed"] = args.seed
-    bar.line(
-        f"{n} cases: kidney Dice mean {_f(report['kidney_dice']['mean'])} median {_f(report['kidney_dice']['median'])}; "
-        f"tumour Dice mean {_f(report['tumour_dice']['mean'])} median {_f(report['tumour_dice']['median'])}; "
-        f"false tumour {report['false_tumour']['ml_total']:.1f} mL in {report['false_tumour']['components']} "
-        f"component(s) in {report['false_tumour']['cases_with_any']} case(s)"
-    )
+    for summary in report.get("sweep", [report]):
+        label = f"{' '.join(summary['settings']) or 'bundle settings'}: " if "settings" in summary else ""
+        bar.line(
+            f"{label}{n} cases: kidney Dice mean {_f(summary['kidney_dice']['mean'])} median "
+            f"{_f(summary['kidney_dice']['median'])}; tumour Dice mean {_f(summary['tumour_dice']['mean'])} median "
+            f"{_f(summary['tumour_dice']['median'])}; false tumour {summary['false_tumour']['ml_total']:.1f} mL in "
+            f"{summary['false_tumour']['components']} component(s) in {summary['false_tumour']['cases_with_any']} case(s)"
+        )
     _write_report(report, args.out)
     return 0
 

@@ -147,8 +147,14 @@ def evaluate(
     device: str = "auto",
     progress: Callable[[float, str], None] | None = None,
     n_cases: int | None = None,
+    settings: list[list[str]] | None = None,
 ) -> dict:
-    """Run the pipeline on every case and report Dice per case and summarised (a JSON-able dict)."""
+    """Run the pipeline on every case and report Dice per case and summarised (a JSON-able dict).
+
+    ``settings``: several sets of inference settings (``["segmenter.tumour_threshold=0.4"]``, ...)
+    to compare on the same cases; the report then holds one summary per set (``sweep``). Each case
+    is built and segmented once: the segmenter's outputs are reused across the sets, which may
+    therefore only hold settings that leave them unchanged (not ``mirror_x`` or ``overlap``)."""
     from ..pipeline import Pipeline
     from ..weights import Bundle, load_bundle
 
@@ -157,42 +163,75 @@ def evaluate(
     pipe = Pipeline.from_weights(bundle, device=device)
     split = bundle.header.get("provenance", {}).get("split", {}) or {}
     seen_masks = {mask_of(c) for c in split.get("train", []) + split.get("val", [])}
-    per_case = []
-    founds = []  # kidneys_found() per case, for the summary
+    sets = settings if settings else [[]]
+    configs = swept_configs(bundle.config, sets)
+    per_set: list[list[dict]] = [[] for _ in sets]
     for i, (case_id, ct, truth, *drawn) in enumerate(cases):
         progress(i / max(1, n_cases or (i + 1)), f"evaluating {case_id}")
-        t0 = time.perf_counter()
-        result = pipe.run(ct)
-        scores = segmentation_dice(result.labels.array, truth.array)
-        false = false_tumour(result.labels.array, truth.array, truth.voxel_volume_ml)
-        found = kidneys_found(result.labels.array > 0, truth.array > 0)
-        founds.append(found)
-        lesions = tumours_found(result.labels.array == 2, truth.array == 2, truth.voxel_volume_ml)
-        per_case.append(
-            {
-                "case": case_id,
-                "kidney_dice": round(scores["kidney"], 4),
-                "tumour_dice": round(scores["tumour"], 4),
-                "kidneys_found": f"{found['found']} of {found['true_kidneys']}",
-                "truth_tumour_ml": round(float((truth.array == 2).sum()) * truth.voxel_volume_ml, 2),
-                "predicted_tumour_ml": round(float((result.labels.array == 2).sum()) * truth.voxel_volume_ml, 2),
-                "tumours_found": lesions,
-                "false_tumour_components": false["components"],
-                "false_tumour_ml": round(false["ml"], 2),
-                "seconds": round(time.perf_counter() - t0, 2),
-                "seen_in_training": mask_of(case_id) in seen_masks,
-                "contrast_detected": (result.report.get("contrast") or {}).get("phase"),
-                "regions_at_edge": result.report.get("regions_at_edge", []),
-                **({"phantom": _rounded(drawn[0])} if drawn and drawn[0] else {}),
-            }
-        )
+        seen = mask_of(case_id) in seen_masks
+        with pipe.segmenter_outputs_reused():
+            for config, rows in zip(configs, per_set):
+                pipe.config = config
+                t0 = time.perf_counter()
+                result = pipe.run(ct)
+                rows.append(_scored(case_id, result, truth, time.perf_counter() - t0, seen,
+                                    drawn[0] if drawn else None))
+    pipe.config = bundle.config
     progress(1.0, "evaluation done")
-    kidney = [c["kidney_dice"] for c in per_case]
-    tumour = [c["tumour_dice"] for c in per_case if c["truth_tumour_ml"] > 0]
-    return {
+    head = {
         **bundle.identity(),
         "config": bundle.config.to_dict() if isinstance(bundle.config, ModelConfig) else None,
         "device": str(pipe.device),
+    }
+    if not settings:
+        return {**head, **_summary(per_set[0])}
+    return {**head, "sweep": [{"settings": items, **_summary(rows)} for items, rows in zip(sets, per_set)]}
+
+
+def swept_configs(config: ModelConfig, sets: list[list[str]]) -> list[ModelConfig]:
+    """One configuration per set of ``PART.KEY=VALUE`` settings; ValueError for a setting that is
+    not an inference setting or that changes the segmenter's outputs (they are reused in a sweep)."""
+    from ..config import REUSABLE_SEGMENTER_SETTINGS, with_settings
+
+    configs = [with_settings(config, items) for items in sets]  # not a setting at all: said first
+    for items in sets:
+        for item in items:
+            if item.partition("=")[0].partition(".")[2] not in REUSABLE_SEGMENTER_SETTINGS:
+                raise ValueError(f"{item!r}: only settings that leave the segmenter's outputs unchanged "
+                                 f"can be swept ({', '.join(sorted(REUSABLE_SEGMENTER_SETTINGS))})")
+    return configs
+
+
+def _scored(case_id: str, result, truth: Volume, seconds: float, seen: bool, drawn: dict | None) -> dict:
+    """One case's row of the report: the result against the truth on the truth's grid."""
+    scores = segmentation_dice(result.labels.array, truth.array)
+    false = false_tumour(result.labels.array, truth.array, truth.voxel_volume_ml)
+    found = kidneys_found(result.labels.array > 0, truth.array > 0)
+    lesions = tumours_found(result.labels.array == 2, truth.array == 2, truth.voxel_volume_ml)
+    return {
+        "case": case_id,
+        "kidney_dice": round(scores["kidney"], 4),
+        "tumour_dice": round(scores["tumour"], 4),
+        "kidneys_found": f"{found['found']} of {found['true_kidneys']}",
+        "truth_tumour_ml": round(float((truth.array == 2).sum()) * truth.voxel_volume_ml, 2),
+        "predicted_tumour_ml": round(float((result.labels.array == 2).sum()) * truth.voxel_volume_ml, 2),
+        "tumours_found": lesions,
+        "false_tumour_components": false["components"],
+        "false_tumour_ml": round(false["ml"], 2),
+        "seconds": round(seconds, 2),
+        "seen_in_training": seen,
+        "contrast_detected": (result.report.get("contrast") or {}).get("phase"),
+        "regions_at_edge": result.report.get("regions_at_edge", []),
+        **({"phantom": _rounded(drawn)} if drawn else {}),
+    }
+
+
+def _summary(per_case: list[dict]) -> dict:
+    """Per-case rows and their summary: Dice statistics, lesions found, false tumour, kidneys found."""
+    kidney = [c["kidney_dice"] for c in per_case]
+    tumour = [c["tumour_dice"] for c in per_case if c["truth_tumour_ml"] > 0]
+    found = [c["kidneys_found"].split(" of ") for c in per_case]
+    return {
         "cases": per_case,
         "kidney_dice": _stats(kidney),
         "tumour_dice": _stats(tumour),
@@ -204,7 +243,7 @@ def evaluate(
             "components": sum(c["false_tumour_components"] for c in per_case),
             "ml_total": round(sum(c["false_tumour_ml"] for c in per_case), 2),
         },
-        "kidneys_found": f"{sum(f['found'] for f in founds)} of {sum(f['true_kidneys'] for f in founds)}",
+        "kidneys_found": f"{sum(int(f[0]) for f in found)} of {sum(int(f[1]) for f in found)}",
         "note": "tumour Dice summarised over cases whose truth has a tumour; a kidney is found when "
                 "the prediction covers at least 30 % of it",
         "any_seen_in_training": any(c["seen_in_training"] for c in per_case),
