@@ -35,8 +35,9 @@ ENCASED = ("A region of {ml:.0f} mL that bone surrounds was labelled as kidney a
 GROW_MM = 40.0  # how far a box grows past a kidney pole cut by the segmented slices (a third of a kidney)
 GROW_ROUNDS = 2  # at most this many regrowths: bounded time on a scan where something keeps reaching
 AT_EDGE = ("The region on the patient's {side} ({ml:.0f} mL, {tumour:.0f} % of it tumour) runs on sideways beyond "
-           "the part of the scan that was segmented, as a liver or spleen does and a kidney does not: check that "
-           "it is a kidney (a missing, low or displaced kidney leaves its place to these organs).")
+           "the part of the scan that was segmented: a large tumour does this, and so does a liver or spleen "
+           "labelled in the place of a missing, low or displaced kidney. Check that it is a kidney before "
+           "trusting its size.")
 
 
 
