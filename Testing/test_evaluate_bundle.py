@@ -52,3 +52,24 @@ def test_each_validation_dataset_is_evaluated_in_place_and_displaced(tmp_path):
     calls.clear()
     assert evaluate_bundle.evaluate_validation(lambda argv: calls.append(argv) or 2, args, tmp_path, "BODIES") == 2
     assert len(calls) == 1
+
+
+def test_large_tumours_are_the_held_out_masks_over_the_volume_given(tmp_path):
+    """Held out: every 7th mask from the 4th; of those, the ones whose tumour is over the limit,
+    largest first. Real NIfTI files with known tumour volumes."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    data = tmp_path / "data"
+    tumour_ml = {3: 500.0, 10: 100.0, 17: 900.0, 4: 2000.0}  # case_00004 is not held out
+    for i in range(21):
+        folder = data / "kits19" / f"case_{i:05d}"
+        folder.mkdir(parents=True)
+        labels = np.zeros((20, 20, 20), np.uint8)  # 8 mm voxels: 0.512 mL each
+        labels.flat[: int(round(tumour_ml.get(i, 0.0) / 0.512))] = 2
+        image = sitk.GetImageFromArray(labels)
+        image.SetSpacing((8.0, 8.0, 8.0))
+        sitk.WriteImage(image, str(folder / "segmentation.nii.gz"))
+    assert evaluate_bundle.held_out(data, "kits19") == ["case_00003", "case_00010", "case_00017"]
+    assert evaluate_bundle.large_tumour_masks(data, 400.0) == {"kits19": ["case_00017", "case_00003"]}
+    assert evaluate_bundle.large_tumour_masks(data, 1000.0) == {}

@@ -12,6 +12,8 @@ variants of kidney-free scans counted as kidney-free; ``--displaced`` adds
 ``--validation SPLIT_JSON`` adds ``validation_bodies_{kits19,kits23}[_displaced].json``: the KiTS
 masks a training split validated on, painted and measured the same way. These are the phantoms a
 ship decision may gate on (false tumour, kidneys found); the held-out ones stay the test.
+``--large-tumours ML`` adds ``heldout_large_tumours_{kits19,kits23}.json``: every held-out mask of
+either dataset whose tumour is over ML mL (400 in the model card), painted the same way.
 A scan a network trained on is marked ``seen_in_training`` and must not be quoted.
 """
 
@@ -37,6 +39,31 @@ def validation_masks(split_json: Path, data: Path) -> dict[str, list[str]]:
     wanted = sorted({mask_of(c) for c in json.loads(Path(split_json).read_text())["val"]})
     return {ds: chosen for ds in ("kits19", "kits23")
             if (chosen := [m for m in wanted if (data / ds / m / "segmentation.nii.gz").exists()])}
+
+
+def held_out(data: Path, dataset: str) -> list[str]:
+    """A dataset's held-out masks: every 7th case from its 4th (case_00003 in KiTS19), the rule every
+    training recipe here excludes."""
+    cases = sorted(p.parent.name for p in (data / dataset).glob("case_*/segmentation.nii.gz"))
+    return [c for i, c in enumerate(cases) if i % 7 == 3]
+
+
+def large_tumour_masks(data: Path, min_ml: float) -> dict[str, list[str]]:
+    """The held-out masks whose tumour (label 2) is over ``min_ml`` mL, per dataset, largest first."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    chosen = {}
+    for ds in ("kits19", "kits23"):
+        sized = []
+        for case in held_out(data, ds):
+            image = sitk.ReadImage(str(data / ds / case / "segmentation.nii.gz"))
+            ml = float((sitk.GetArrayViewFromImage(image) == 2).sum()) * float(np.prod(image.GetSpacing())) / 1000.0
+            if ml > min_ml:
+                sized.append((ml, case))
+        if sized:
+            chosen[ds] = [case for _, case in sorted(sized, reverse=True)]
+    return chosen
 
 
 def evaluate_command(args) -> list[str]:
@@ -67,6 +94,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", help="a folder of scanner variants (scripts/scanner_variants.py) to evaluate too")
     p.add_argument("--displaced", action="store_true", help="also the held-out phantoms with a displaced kidney")
     p.add_argument("--threads", default="2", help="CPU threads for the networks")
+    p.add_argument("--large-tumours", type=float, metavar="ML",
+                   help="also every held-out mask whose tumour is over ML mL (KiTS19 and KiTS23)")
     p.add_argument("--validation", metavar="SPLIT_JSON",
                    help="a training run's split.json: also its validation masks, in place and displaced")
     args = p.parse_args(argv)
@@ -88,10 +117,14 @@ def main(argv=None) -> int:
     bodies_at = str(data / "anatomy" / "totalsegmentator") + ":s0001,s0004,s0006"
     if not code and args.validation:
         code = evaluate_validation(cli, args, out, bodies_at)
+    if not code and args.large_tumours:
+        for ds, masks in large_tumour_masks(data, args.large_tumours).items():
+            code = code or cli([*evaluate_command(args), "--kits-masks", str(data / ds), "--cases", ",".join(masks),
+                                "--in-bodies", bodies_at, "--grid-mm", args.grid_mm,
+                                "--out", str(out / f"heldout_large_tumours_{ds}.json")])
     if code or not args.heldout:
         return code
-    k19 = sorted(p.parent.name for p in (data / "kits19").glob("case_*/segmentation.nii.gz"))
-    held = [c for i, c in enumerate(k19) if i % 7 == 3][: args.heldout]
+    held = held_out(data, "kits19")[: args.heldout]
     bodies = ["--kits-masks", str(data / "kits19"), "--cases", ",".join(held),
               "--in-bodies", bodies_at, "--grid-mm", args.grid_mm]
     code = cli([*evaluate_command(args), *bodies, "--out", str(out / "heldout_bodies.json")])
