@@ -21,7 +21,7 @@ UNENHANCED_BELOW_HU = 75.0  # median parenchyma
 ENHANCED_ABOVE_HU = 100.0
 CORTICOMEDULLARY_DIFF_HU = 45.0  # cortex minus deep parenchyma
 EXCRETED_ABOVE_HU = 400.0  # the brightest 1 % of the kidney and its sinus: contrast in the urine
-SINUS_CLOSING_MM = 8.0  # a closing this wide fills the renal sinus and hilum, never bone beside the kidney
+SINUS_CLOSING_MM = 8.0  # a closing this wide fills the renal sinus and hilum, not the fat and bone around a convex outline
 UNRELIABLE_TUMOUR = ("This scan looks unenhanced (kidneys about {hu:.0f} HU): the kidneys are found, but tumour "
                      "results are unreliable without intravenous contrast.")
 
@@ -79,15 +79,20 @@ def _kidney_and_sinus(kidney: np.ndarray, spacing) -> np.ndarray:
     SINUS_CLOSING_MM, by distance transforms): the renal sinus and hilum, where excreted contrast
     collects even when a label leaves them out. A dilation would also take in a rib, the spine or an
     iliac bone beside the kidney (a low kidney lies against the pelvis), whose HU passes for urine.
-    The closing is taken on a grid of about 2 mm and brought back by nearest neighbour: an 8 mm
+    The closing is taken on a grid of about 2 mm, padded so that it also erodes at the box's faces,
+    and only the hollows it fills come back, each fine voxel taking its nearest coarse one: an 8 mm
     closing needs no finer grid, and two distance transforms at the scan's own spacing cost seconds."""
     step = [max(1, int(2.0 // s)) for s in spacing]
     coarse = kidney[tuple(slice(None, None, k) for k in step)]
     sampling = [s * k for s, k in zip(spacing, step)]
-    grown = ndimage.distance_transform_edt(~coarse, sampling=sampling) <= SINUS_CLOSING_MM
+    pad = [int(np.ceil(SINUS_CLOSING_MM / s)) + 1 for s in sampling]
+    padded = np.pad(coarse, [(p, p) for p in pad])
+    grown = ndimage.distance_transform_edt(~padded, sampling=sampling) <= SINUS_CLOSING_MM
     closed = ndimage.distance_transform_edt(grown, sampling=sampling) > SINUS_CLOSING_MM
-    back = np.ix_(*[np.minimum(np.arange(n) // k, m - 1) for n, k, m in zip(kidney.shape, step, closed.shape)])
-    return closed[back] | kidney
+    hollows = (closed & ~padded)[tuple(slice(p, p + m) for p, m in zip(pad, coarse.shape))]
+    nearest = np.ix_(*[np.minimum(np.round(np.arange(n) / k).astype(int), m - 1)
+                       for n, k, m in zip(kidney.shape, step, coarse.shape)])
+    return hollows[nearest] | kidney
 
 
 def warning_for(contrast: dict | None) -> str | None:
