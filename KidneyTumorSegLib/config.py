@@ -8,6 +8,7 @@ header says.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 
@@ -189,7 +190,10 @@ def with_settings(config: ModelConfig, items: list[str]) -> ModelConfig:
             data[part][name] = value.lower() == "true"
         else:
             try:
-                data[part][name] = type(current)(value)
+                number = type(current)(value)
             except ValueError:
                 raise ValueError(f"{item!r}: {name} takes a number") from None
+            if not math.isfinite(number):
+                raise ValueError(f"{item!r}: {name} takes a finite number")
+            data[part][name] = number
     return ModelConfig.from_dict(data)

@@ -35,8 +35,8 @@ ENCASED = ("A region of {ml:.0f} mL that bone surrounds was labelled as kidney a
 GROW_MM = 40.0  # how far a box grows past a kidney pole cut by the segmented slices (a third of a kidney)
 GROW_ROUNDS = 2  # at most this many regrowths: bounded time on a scan where something keeps reaching
 AT_EDGE = ("The region on the patient's {side} ({ml:.0f} mL, {tumour:.0f} % of it tumour) runs on sideways beyond "
-           "the part of the scan that was segmented: a large tumour does this, and so does a liver or spleen "
-           "labelled in the place of a missing, low or displaced kidney. Check that it is a kidney before "
+           "the part of the scan that was segmented, as a large tumour does and so does a liver or spleen "
+           "labelled in the place of a missing, low or displaced kidney: check that it is a kidney before "
            "trusting its size.")
 
 
@@ -105,10 +105,11 @@ class Pipeline:
 
     @contextmanager
     def segmenter_outputs_reused(self):
-        """Within this block, a run over boxes already segmented reuses the segmenter's stitched
-        probabilities instead of running it again: evaluating several post-processing settings on
-        one scan costs one segmentation. For one scan at a time, and only for settings that leave
-        those outputs unchanged (``config.REUSABLE_SEGMENTER_SETTINGS``)."""
+        """Within this block, a run over a scan and boxes already segmented reuses the segmenter's
+        stitched probabilities instead of running it again: evaluating several post-processing
+        settings on one scan costs one segmentation per distinct set of boxes. Only for settings that
+        leave those outputs unchanged (``config.REUSABLE_SEGMENTER_SETTINGS``); every set of boxes
+        stays in memory until the block ends, so keep a block to one scan."""
         self._reused_windows = {}
         try:
             yield
@@ -319,7 +320,7 @@ class Pipeline:
 
     def _segment_boxes(self, ctx: RunContext, volume: Volume, loc_grid: Volume, boxes):
         """Probabilities (2, z, y, x) on a canvas around the boxes, and the canvas geometry."""
-        key = tuple((b.lo, b.hi) for b in boxes)
+        key = (id(volume), volume.array.shape, tuple((b.lo, b.hi) for b in boxes))
         if self._reused_windows is not None and key in self._reused_windows:
             return self._reused_windows[key]
         probs, canvas = self._segment_windows(ctx, volume, loc_grid, boxes)

@@ -157,7 +157,7 @@ def test_a_region_at_an_open_face_is_warned_about_with_its_side():
     regions = Pipeline._regions_at_edge(labels, canvas, scan, found)
     assert regions == [{"ml": 16.0, "faces": ["x1"], "tumour_share": 1.0, "side": "left"}]
     text = AT_EDGE.format(side="left", ml=16.0, tumour=100.0)
-    assert "patient's left (16 mL, 100 % of it tumour) runs on sideways" in text and "Check that it is a kidney" in text
+    assert "patient's left (16 mL, 100 % of it tumour) runs on sideways" in text and "check that it is a kidney" in text
     assert "large tumour" in text and "spleen" in text  # 5 of 12 large true tumours reach a side face
     # the top and bottom faces do not count: a kidney pole the z-localiser's slices cut short is no organ
     labels[:] = 0

@@ -558,6 +558,7 @@ def test_evaluate_threads_must_be_a_positive_whole_number(tmp_path, capsys):
     ("segmenter.width=8,16", "shapes the networks"),
     ("segmenter.tumour_threshold", "takes PART.KEY=V1,V2"),
     ("segmenter.tumour_threshold=low", "takes a number"),
+    ("segmenter.tumour_threshold=nan", "takes a finite number"),
 ])
 def test_a_sweep_of_a_setting_that_cannot_be_swept_is_one_clear_sentence(tmp_path, capsys, sweep, says):
     from KidneyTumorSegLib.cli import main
@@ -570,7 +571,11 @@ def test_a_sweep_of_a_setting_that_cannot_be_swept_is_one_clear_sentence(tmp_pat
 
 
 def test_sweep_values_combine_into_every_set():
+    from KidneyTumorSegLib.errors import InputError
     from KidneyTumorSegLib.training.cli import _sweep_sets
+
+    with pytest.raises(InputError, match="names segmenter.tumour_threshold twice"):
+        _sweep_sets(["segmenter.tumour_threshold=0.4,0.5", "segmenter.tumour_threshold=0.6"])
 
     assert _sweep_sets([]) is None
     assert _sweep_sets(["segmenter.tumour_threshold=0.4,0.6", "segmenter.min_tumour_ml=0.5,2"]) == [

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     bodies_at = str(data / "anatomy" / "totalsegmentator") + ":s0001,s0004,s0006"
     if not code and args.validation:
         code = evaluate_validation(cli, args, out, bodies_at)
-    if not code and args.large_tumours:
+    if not code and args.large_tumours is not None:
         for ds, masks in large_tumour_masks(data, args.large_tumours).items():
             code = code or cli([*evaluate_command(args), "--kits-masks", str(data / ds), "--cases", ",".join(masks),
                                 "--in-bodies", bodies_at, "--grid-mm", args.grid_mm,

@@ -416,7 +416,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                    help="CPU threads for the networks, 1 or more (default: torch's; 1 beside a training run)")
     p.add_argument("--sweep", action="append", default=[], metavar="PART.KEY=V1,V2,...",
                    help="with phantoms: compare these values of an inference setting (repeatable: every "
-                   "combination), e.g. segmenter.tumour_threshold=0.4,0.5,0.6; each case is segmented once")
+                   "combination), e.g. segmenter.tumour_threshold=0.4,0.5,0.6; the segmenter runs once per case "
+                   "and set of kidney boxes")
     p.add_argument("--out", help="write the JSON report here (default: print it)")
     p.add_argument("--progress", choices=("bar", "none"), default="bar", help="a progress bar on stderr, or none")
     p.set_defaults(func=run_evaluate)
@@ -442,11 +443,14 @@ def _sweep_sets(items: list[str]) -> list[list[str]] | None:
 
     if not items:
         return None
-    axes = []
+    axes, keys = [], set()
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not values:
             raise InputError(f"--sweep takes PART.KEY=V1,V2,... (for example segmenter.tumour_threshold=0.4,0.5), not {item!r}.")
+        if key in keys:
+            raise InputError(f"--sweep names {key} twice; give all its values in one option ({key}=V1,V2,...).")
+        keys.add(key)
         axes.append([f"{key}={v}" for v in values.split(",")])
     return [list(combo) for combo in itertools.product(*axes)]
 

@@ -153,8 +153,10 @@ def evaluate(
 
     ``settings``: several sets of inference settings (``["segmenter.tumour_threshold=0.4"]``, ...)
     to compare on the same cases; the report then holds one summary per set (``sweep``). Each case
-    is built and segmented once: the segmenter's outputs are reused across the sets, which may
-    therefore only hold settings that leave them unchanged (not ``mirror_x`` or ``overlap``)."""
+    is built once, and the segmenter runs once per distinct set of kidney boxes (the localisers run
+    for every set): its outputs are reused across the sets, which may therefore only hold settings
+    that leave them unchanged (not ``mirror_x`` or ``overlap``). A row's ``seconds`` is then that
+    set's run alone: the first set that reaches a set of boxes pays for segmenting it."""
     from ..pipeline import Pipeline
     from ..weights import Bundle, load_bundle
 
