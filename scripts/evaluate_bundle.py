@@ -42,10 +42,10 @@ def validation_masks(split_json: Path, data: Path) -> dict[str, list[str]]:
 
 
 def held_out(data: Path, dataset: str) -> list[str]:
-    """A dataset's held-out masks: every 7th case from its 4th (case_00003 in KiTS19), the rule every
-    training recipe here excludes."""
-    cases = sorted(p.parent.name for p in (data / dataset).glob("case_*/segmentation.nii.gz"))
-    return [c for i, c in enumerate(cases) if i % 7 == 3]
+    """A dataset's held-out masks (``split.held_out_ids``), the ones every training recipe excludes."""
+    from KidneyTumorSegLib.training.split import held_out_ids
+
+    return held_out_ids(p.parent.name for p in (data / dataset).glob("case_*/segmentation.nii.gz"))
 
 
 def large_tumour_masks(data: Path, min_ml: float) -> dict[str, list[str]]:

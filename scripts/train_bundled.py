@@ -63,9 +63,10 @@ DEFAULT_MASKS = REPO.parent / "shared" / "data" / "kits19"
 
 
 def heldout_ids(all_ids: list[str], n: int) -> list[str]:
-    """Every 7th case from case_00003 (deterministic, spread over the collection)."""
-    picked = [c for i, c in enumerate(all_ids) if i % 7 == 3]
-    return picked[:n]
+    """The first ``n`` of the held-out masks (``split.held_out_ids``: every 7th from case_00003)."""
+    from KidneyTumorSegLib.training.split import held_out_ids
+
+    return held_out_ids(all_ids)[:n]
 
 
 def make_split(pool: list[str], args) -> dict:

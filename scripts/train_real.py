@@ -33,10 +33,6 @@ DISPLACED_MM = (40.0, 150.0)  # --displaced: how far one kidney is moved caudall
 DISPLACED_VAL = 2  # --displaced: validation cases with a displaced kidney (from the validation masks)
 
 
-def every_7th(ids: list[str]) -> list[str]:
-    return [c for i, c in enumerate(sorted(ids)) if i % 7 == 3]
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fold", choices=sorted(REAL_FOLDS), required=True)
@@ -93,6 +89,7 @@ def main(argv=None) -> int:
     from KidneyTumorSegLib.training.real_sources import RealBodySource, RealScanSource
     from KidneyTumorSegLib.training.schedule import ScheduleConfig
     from KidneyTumorSegLib.training.sources import MultiSource
+    from KidneyTumorSegLib.training.split import held_out_ids
     from KidneyTumorSegLib.training.transforms import AugmentConfig
 
     t0 = time.time()
@@ -104,7 +101,7 @@ def main(argv=None) -> int:
 
     k19 = sorted(p.name for p in (data / "kits19").glob("case_*") if (p / "segmentation.nii.gz").exists())
     k23 = sorted(p.name for p in (data / "kits23").glob("case_*") if (p / "segmentation.nii.gz").exists())
-    held = set(every_7th(k19)) | set(every_7th(k23))
+    held = set(held_out_ids(k19)) | set(held_out_ids(k23))
     pool = [c for c in k19 + k23 if c not in held]
     order = list(rng.permutation(len(pool)))
     val_m = [pool[i] for i in order[: args.val_masks]]

@@ -29,6 +29,12 @@ def with_variants(base_ids: Iterable[str], variants: int) -> list[str]:
     return [f"{b}{VARIANT_SEP}{v}" if v else b for b in base_ids for v in range(max(1, int(variants)))]
 
 
+def held_out_ids(case_ids: Iterable[str]) -> list[str]:
+    """The masks every training recipe here holds out and only evaluation may use: every 7th of
+    the sorted ids from the 4th (case_00003, case_00010, ... in KiTS19)."""
+    return [c for i, c in enumerate(sorted(case_ids)) if i % 7 == 3]
+
+
 def split_ids(case_ids: list[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
     """Case-level split: the variants of one case always fall on the same side.
 
