@@ -40,7 +40,6 @@ AT_EDGE = ("The region on the patient's {side} ({ml:.0f} mL, {tumour:.0f} % of i
            "trusting its size.")
 
 
-
 @dataclass
 class SegmentationResult:
     labels: Volume  # uint8 0/1/2 on the input grid

@@ -168,16 +168,19 @@ def evaluate(
     sets = settings if settings else [[]]
     configs = swept_configs(bundle.config, sets)
     per_set: list[list[dict]] = [[] for _ in sets]
+    founds: list[list[dict]] = [[] for _ in sets]  # kidneys_found() per case and set, for the summary
     for i, (case_id, ct, truth, *drawn) in enumerate(cases):
         progress(i / max(1, n_cases or (i + 1)), f"evaluating {case_id}")
         seen = mask_of(case_id) in seen_masks
         with pipe.segmenter_outputs_reused():
-            for config, rows in zip(configs, per_set):
+            for config, rows, found in zip(configs, per_set, founds):
                 pipe.config = config
                 t0 = time.perf_counter()
                 result = pipe.run(ct)
-                rows.append(_scored(case_id, result, truth, time.perf_counter() - t0, seen,
-                                    drawn[0] if drawn else None))
+                row, kidneys = _scored(case_id, result, truth, time.perf_counter() - t0, seen,
+                                       drawn[0] if drawn else None)
+                rows.append(row)
+                found.append(kidneys)
     pipe.config = bundle.config
     progress(1.0, "evaluation done")
     head = {
@@ -186,8 +189,9 @@ def evaluate(
         "device": str(pipe.device),
     }
     if not settings:
-        return {**head, **_summary(per_set[0])}
-    return {**head, "sweep": [{"settings": items, **_summary(rows)} for items, rows in zip(sets, per_set)]}
+        return {**head, **_summary(per_set[0], founds[0])}
+    return {**head, "sweep": [{"settings": items, **_summary(rows, found)}
+                              for items, rows, found in zip(sets, per_set, founds)]}
 
 
 def swept_configs(config: ModelConfig, sets: list[list[str]]) -> list[ModelConfig]:
@@ -204,8 +208,9 @@ def swept_configs(config: ModelConfig, sets: list[list[str]]) -> list[ModelConfi
     return configs
 
 
-def _scored(case_id: str, result, truth: Volume, seconds: float, seen: bool, drawn: dict | None) -> dict:
-    """One case's row of the report: the result against the truth on the truth's grid."""
+def _scored(case_id: str, result, truth: Volume, seconds: float, seen: bool, drawn: dict | None) -> tuple[dict, dict]:
+    """One case's row of the report (the result against the truth on the truth's grid), and its
+    ``kidneys_found`` counts for the summary."""
     scores = segmentation_dice(result.labels.array, truth.array)
     false = false_tumour(result.labels.array, truth.array, truth.voxel_volume_ml)
     found = kidneys_found(result.labels.array > 0, truth.array > 0)
@@ -225,14 +230,14 @@ def _scored(case_id: str, result, truth: Volume, seconds: float, seen: bool, dra
         "contrast_detected": (result.report.get("contrast") or {}).get("phase"),
         "regions_at_edge": result.report.get("regions_at_edge", []),
         **({"phantom": _rounded(drawn)} if drawn else {}),
-    }
+    }, found
 
 
-def _summary(per_case: list[dict]) -> dict:
-    """Per-case rows and their summary: Dice statistics, lesions found, false tumour, kidneys found."""
+def _summary(per_case: list[dict], founds: list[dict]) -> dict:
+    """Per-case rows and their summary: Dice statistics, lesions found, false tumour, kidneys found
+    (``founds``: each case's ``kidneys_found()``)."""
     kidney = [c["kidney_dice"] for c in per_case]
     tumour = [c["tumour_dice"] for c in per_case if c["truth_tumour_ml"] > 0]
-    found = [c["kidneys_found"].split(" of ") for c in per_case]
     return {
         "cases": per_case,
         "kidney_dice": _stats(kidney),
@@ -245,7 +250,7 @@ def _summary(per_case: list[dict]) -> dict:
             "components": sum(c["false_tumour_components"] for c in per_case),
             "ml_total": round(sum(c["false_tumour_ml"] for c in per_case), 2),
         },
-        "kidneys_found": f"{sum(int(f[0]) for f in found)} of {sum(int(f[1]) for f in found)}",
+        "kidneys_found": f"{sum(f['found'] for f in founds)} of {sum(f['true_kidneys'] for f in founds)}",
         "note": "tumour Dice summarised over cases whose truth has a tumour; a kidney is found when "
                 "the prediction covers at least 30 % of it",
         "any_seen_in_training": any(c["seen_in_training"] for c in per_case),
