@@ -76,16 +76,24 @@ class SegmenterConfig:
     tumour_threshold: float = 0.5
     mirror_x: bool = False  # average each window with its left-right mirror (test-time augmentation)
     min_tumour_ml: float = 0.05  # smaller tumour fragments are dropped as speckle
+    # A second look at a coarser grid (this many times ``spacing_mm``; 0 = none): the same patch
+    # then sees a wider field of view, which a tumour larger than the patch needs. Its probabilities
+    # join the fine grid's where both looked (``context_fusion``: "mean", "max", or "widen": the mean,
+    # with the canvas grown to where the coarse windows looked). docs/evaluation/context_scale/.
+    context_scale: float = 0.0
+    context_fusion: str = "mean"
 
 
 # Settings that change what the pipeline does with the networks' outputs, never the networks
 # themselves: chosen on validation cases after training and written into a bundle
 # (scripts/merge_bundle.py --set); a fine-tune may start from a bundle whose settings differ.
 INFERENCE_SETTINGS = frozenset({"threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "min_tumour_ml",
-                                "margin_mm", "min_component_ml", "overlap"})
+                                "margin_mm", "min_component_ml", "overlap", "context_scale",
+                                "context_fusion"})
 # The inference settings that leave the segmenter's outputs for given boxes unchanged (they act on
 # the localisers' boxes or on the post-processing): a sweep over them can reuse those outputs.
-REUSABLE_SEGMENTER_SETTINGS = INFERENCE_SETTINGS - {"mirror_x", "overlap"}
+REUSABLE_SEGMENTER_SETTINGS = INFERENCE_SETTINGS - {"mirror_x", "overlap", "context_scale", "context_fusion"}
+CONTEXT_FUSIONS = ("mean", "max", "widen")
 
 
 @dataclass
@@ -188,6 +196,10 @@ def with_settings(config: ModelConfig, items: list[str]) -> ModelConfig:
             if value.lower() not in ("true", "false"):
                 raise ValueError(f"{item!r}: {name} is true or false")
             data[part][name] = value.lower() == "true"
+        elif name == "context_fusion":
+            if value not in CONTEXT_FUSIONS:
+                raise ValueError(f"{item!r}: {name} is one of {', '.join(CONTEXT_FUSIONS)}")
+            data[part][name] = value
         else:
             try:
                 number = type(current)(value)

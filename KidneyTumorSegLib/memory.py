@@ -146,6 +146,16 @@ def _network_bytes(config) -> int:
     return int(patch * seg.width * 4 * 16 + 128 * 1024**2)
 
 
+def _context_pass_bytes(canvas_extent, config, canvas_voxels: int) -> int:
+    """The coarse second look (``segmenter.context_scale``): its own canvas, and while its
+    probabilities are fused onto the fine canvas, a copy of the fine ones and two resampled channels."""
+    scale = float(getattr(config.segmenter, "context_scale", 0.0) or 0.0)
+    if scale <= 0 or scale == 1.0:
+        return 0
+    coarse = _grid_voxels(canvas_extent, [s * scale for s in config.segmenter.spacing_mm])
+    return coarse * 40 + canvas_voxels * 24
+
+
 def estimate_run_bytes(size_xyz, spacing_xyz, bytes_per_voxel: int, config, keep_image: bool = False
                        ) -> MemoryEstimate:
     """Predicted peak memory of segmenting an image of this size with this model configuration.
@@ -173,6 +183,7 @@ def estimate_run_bytes(size_xyz, spacing_xyz, bytes_per_voxel: int, config, keep
         "canvas": canvas_voxels * 40,
         "resampling_slabs": SLAB_VOXELS * (bytes_per_voxel + 8),
         "networks": _network_bytes(config),
+        "context_pass": _context_pass_bytes(canvas_extent, config, canvas_voxels),
     }
     run_peak = sum(v for k, v in parts.items() if k != "writing")
     write_peak = parts["libraries"] + parts["labels_and_masks"] + parts["writing"] + (

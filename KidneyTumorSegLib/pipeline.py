@@ -322,15 +322,49 @@ class Pipeline:
         key = (id(volume), volume.array.shape, tuple((b.lo, b.hi) for b in boxes))
         if self._reused_windows is not None and key in self._reused_windows:
             return self._reused_windows[key]
-        probs, canvas = self._segment_windows(ctx, volume, loc_grid, boxes)
+        spacing = np.asarray(self.config.segmenter.spacing_mm, dtype=float)
+        scale = float(self.config.segmenter.context_scale or 0.0)
+        second_look = scale > 0 and scale != 1.0
+        probs, canvas = self._segment_windows(ctx, volume, loc_grid, boxes, spacing, (0.4, 0.3 if second_look else 0.45))
+        if second_look:
+            wide, wide_canvas = self._segment_windows(ctx, volume, loc_grid, boxes, spacing * scale, (0.7, 0.15))
+            how = self.config.segmenter.context_fusion
+            fine_looked = None
+            if how == "widen":
+                probs, canvas, fine_looked = self._widened(volume, probs, canvas, wide_canvas)
+                how = "mean"
+            probs = patches.fuse_scales(probs, canvas, wide, wide_canvas, how, fine_looked)
         if self._reused_windows is not None:
             self._reused_windows[key] = (probs, canvas)
         return probs, canvas
 
-    def _segment_windows(self, ctx: RunContext, volume: Volume, loc_grid: Volume, boxes):
-        """The segmenter run window by window over a canvas around the boxes, and stitched."""
+    @staticmethod
+    def _widened(volume: Volume, probs: np.ndarray, canvas: Volume, wide_canvas: Volume):
+        """The fine canvas grown on its own lattice to cover the coarse canvas too: the scan resampled
+        there, the fine probabilities placed where they were (0 beyond), and where the fine windows
+        looked."""
+        sp = np.asarray(canvas.spacing, float)
+        size = np.asarray(canvas.array.shape[::-1])
+        lo = np.minimum(canvas.origin, wide_canvas.origin)
+        hi = np.maximum(canvas.origin + (size - 1) * sp,
+                        wide_canvas.origin + (np.asarray(wide_canvas.array.shape[::-1]) - 1) * np.asarray(wide_canvas.spacing))
+        lo_i = np.floor((lo - canvas.origin) / sp + 1e-6).astype(int)
+        hi_i = np.ceil((hi - canvas.origin) / sp - 1e-6).astype(int)
+        origin = canvas.origin + lo_i * sp
+        grown = resampling.resample_box_chunked(volume, origin, tuple(hi_i - lo_i + 1), tuple(sp))
+        at = (-lo_i)[::-1]
+        place = tuple(slice(a, a + n) for a, n in zip(at, canvas.array.shape))
+        out = np.zeros((probs.shape[0], *grown.array.shape), np.float32)
+        out[(slice(None), *place)] = probs
+        looked = np.zeros(grown.array.shape, bool)
+        looked[place] = True
+        return out, grown, looked
+
+    def _segment_windows(self, ctx: RunContext, volume: Volume, loc_grid: Volume, boxes, seg_sp: np.ndarray,
+                         span: tuple[float, float] = (0.4, 0.45)):
+        """The segmenter run window by window over a canvas around the boxes at ``seg_sp`` (x, y, z
+        mm), and stitched; progress runs from ``span[0]`` over ``span[1]`` of the run."""
         cfg = self.config.segmenter
-        seg_sp = np.asarray(cfg.spacing_mm, dtype=float)
         patch = tuple(cfg.patch_size_xyz[::-1])
         # Express every box on a segmenter grid anchored at the first box's physical corner.
         phys = [b.to_physical(loc_grid.spacing, loc_grid.origin) for b in boxes]
@@ -358,7 +392,8 @@ class Pipeline:
             for s, p in zip(local[a:b], pred):
                 stitcher.add(s, p)
             ctx.clock.lap("stitching")
-            ctx.progress(0.4 + 0.45 * (i + 1) * bs / max(1, len(local)), f"Segmenting window {b} of {len(local)}")
+            ctx.progress(span[0] + span[1] * min(1.0, (i + 1) * bs / max(1, len(local))),
+                         f"Segmenting window {b} of {len(local)}")
         probs = stitcher.result()
         ctx.clock.lap("stitching")
         return probs, canvas

@@ -151,3 +151,35 @@ def test_gaussian_weights_peak_in_the_centre():
     w = gaussian_weights((9, 11, 13))
     assert w[4, 5, 6] == w.max() == 1.0
     assert w[0, 0, 0] < w[4, 5, 6] and w.min() > 0
+
+
+def test_fusing_scales_brings_the_coarse_probabilities_to_where_they_physically_lie():
+    """A field that depends only on physical x, sampled on a coarse grid with another origin and
+    spacing, fuses with the same field on the fine grid into that field (mean and max alike) where
+    the coarse windows looked, and leaves the fine field alone elsewhere."""
+    from KidneyTumorSegLib.patches import fuse_scales
+    from KidneyTumorSegLib.volume import Volume
+
+    fine_grid = Volume(np.zeros((10, 12, 30), np.float32), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    coarse_grid = Volume(np.zeros((8, 10, 8), np.float32), (3.0, 3.0, 3.0), (-3.0, -3.0, -3.0))  # x -3..18 mm
+
+    def ramp(grid):
+        x = grid.origin[0] + grid.spacing[0] * np.arange(grid.array.shape[2])
+        field = np.broadcast_to(x / 60.0, grid.array.shape).astype(np.float32)
+        return np.stack([field, 1.0 - field])
+
+    fine, coarse = ramp(fine_grid), ramp(coarse_grid)
+    fine_x = 2.0 * np.arange(30)
+    inside = fine_x <= 18.0 - 1e-6
+    for how in ("mean", "max"):
+        fused = fuse_scales(fine, fine_grid, coarse, coarse_grid, how)
+        np.testing.assert_allclose(fused[:, :, :, inside], fine[:, :, :, inside], atol=1e-5)
+    # a coarse field of ones: the mean is halfway and the max is one where it looked, nothing beyond
+    ones = np.ones_like(coarse)
+    zeros = np.zeros_like(fine)
+    mean = fuse_scales(zeros, fine_grid, ones, coarse_grid, "mean")
+    peak = fuse_scales(zeros, fine_grid, ones, coarse_grid, "max")
+    assert np.allclose(mean[:, :8, :10, :9], 0.5) and np.allclose(peak[:, :8, :10, :9], 1.0)
+    assert not mean[:, :, :, 10:].any() and not peak[:, :, :, 10:].any()
+    with pytest.raises(ValueError, match="'mean' or 'max'"):
+        fuse_scales(zeros, fine_grid, ones, coarse_grid, "median")

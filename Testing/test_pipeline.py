@@ -68,9 +68,12 @@ def test_tumour_everywhere_is_labelled_tumour_and_measured():
     assert result.empty
 
 
-def test_runs_are_deterministic_and_progress_is_monotonic():
+@pytest.mark.parametrize("context_scale", [0.0, 1.5])
+def test_runs_are_deterministic_and_progress_is_monotonic(context_scale):
     ct = body_ct()
-    pipe = Pipeline(seeded_bundle(ModelConfig.tiny(), seed=1), device="cpu")
+    bundle = bundle_with_heads(10, 10, 10, -10) if context_scale else seeded_bundle(ModelConfig.tiny(), seed=1)
+    bundle.config.segmenter.context_scale = context_scale
+    pipe = Pipeline(bundle, device="cpu")
     seen = []
     a = pipe.run(ct, progress=lambda f, m: seen.append(f))
     b = pipe.run(ct)
@@ -185,3 +188,51 @@ def test_localiser_support_lands_on_the_same_physical_place_of_the_canvas():
     assert pos[:, 2].min() >= 110 and pos[:, 2].max() <= 122
     assert support.sum() * 8 == pytest.approx(mask.sum() * 64, rel=0.35)
     assert Pipeline._localiser_support(KidneysFound(grid), canvas) is None
+
+
+def test_a_context_scale_segments_again_on_a_coarser_grid_and_averages_where_it_looked(monkeypatch):
+    """With ``context_scale`` the boxes are segmented twice, at the segmenter's spacing and at that
+    times the scale, and the labels follow the fused probabilities: a fine grid that says 0.3
+    (below the kidney threshold) and a coarse one that says 0.9 average to a kidney."""
+    spacings = []
+
+    def windows(self, ctx, volume, loc_grid, boxes, spacing, span=None):
+        spacings.append(tuple(float(s) for s in spacing))
+        lo = np.min([b.to_physical(loc_grid.spacing, loc_grid.origin)[0] for b in boxes], axis=0) - 20.0
+        hi = np.max([b.to_physical(loc_grid.spacing, loc_grid.origin)[1] for b in boxes], axis=0) + 20.0
+        size = tuple(int(np.ceil(n)) for n in (hi - lo) / spacing)
+        canvas = resampling.resample_box_chunked(volume, lo, size, tuple(spacing))
+        probs = np.zeros((2, *canvas.array.shape), np.float32)
+        probs[0] = 0.9 if len(spacings) % 2 == 0 else 0.3  # the second call of each run is the coarse one
+        return probs, canvas
+
+    from KidneyTumorSegLib import resampling
+
+    monkeypatch.setattr(Pipeline, "_segment_windows", windows)
+    bundle = bundle_with_heads(10, 10, 10, -10)
+    fine = tuple(bundle.config.segmenter.spacing_mm)
+    assert Pipeline(bundle, device="cpu").run(body_ct()).empty  # 0.3 alone: no kidney
+    assert spacings == [fine]
+    spacings.clear()
+    bundle.config.segmenter.context_scale = 1.5
+    result = Pipeline(bundle, device="cpu").run(body_ct())
+    assert spacings == [fine, tuple(1.5 * s for s in fine)]
+    assert not result.empty and set(np.unique(result.labels.array)) <= {0, 1}
+
+
+def test_a_widened_canvas_keeps_the_fine_probabilities_where_they_lay():
+    """"widen" grows the fine canvas on its own lattice to cover the coarse windows: the scan is
+    resampled there, and the fine probabilities sit at the same physical places as before."""
+    from KidneyTumorSegLib import resampling
+
+    zz, yy, xx = np.meshgrid(*[np.arange(40)] * 3, indexing="ij")
+    scan = Volume((xx + 100.0 * yy + 10000.0 * zz).astype(np.float32), (1.0, 1.0, 1.0), (-20.0, -20.0, -20.0))
+    fine = resampling.resample_box_chunked(scan, (0.0, 0.0, 0.0), (5, 6, 7), (2.0, 2.0, 2.0))
+    coarse = Volume(np.zeros((4, 4, 4), np.float32), (3.0, 3.0, 3.0), (-9.0, -3.0, 1.0))
+    probs = np.stack([fine.array, -fine.array])
+    out, grown, looked = Pipeline._widened(scan, probs, fine, coarse)
+    assert np.allclose(grown.origin, (-10.0, -4.0, 0.0)) and grown.spacing == fine.spacing
+    assert grown.array.shape == (7, 8, 10) and looked.sum() == fine.array.size
+    np.testing.assert_allclose(out[0][looked], grown.array[looked], atol=1e-3)  # same places, same values
+    np.testing.assert_allclose(out[1][looked], -grown.array[looked], atol=1e-3)
+    assert not out[:, ~looked].any()

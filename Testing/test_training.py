@@ -555,6 +555,7 @@ def test_evaluate_threads_must_be_a_positive_whole_number(tmp_path, capsys):
 
 @pytest.mark.parametrize("sweep, says", [
     ("segmenter.mirror_x=true,false", "leave the segmenter's outputs unchanged"),
+    ("segmenter.context_scale=0,1.5", "leave the segmenter's outputs unchanged"),
     ("segmenter.width=8,16", "shapes the networks"),
     ("segmenter.tumour_threshold", "takes PART.KEY=V1,V2"),
     ("segmenter.tumour_threshold=low", "takes a number"),

@@ -140,3 +140,16 @@ def test_seeded_bundle_is_deterministic():
     a = seeded_bundle(ModelConfig.tiny(), seed=5).state_dicts["segmenter"]
     b = seeded_bundle(ModelConfig.tiny(), seed=5).state_dicts["segmenter"]
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_a_second_look_is_an_inference_setting_and_off_in_bundles_without_it():
+    from KidneyTumorSegLib.config import ModelConfig, with_settings
+
+    base = ModelConfig.tiny()
+    data = base.to_dict()
+    for key in ("context_scale", "context_fusion"):
+        data["segmenter"].pop(key)  # a bundle written before the setting existed
+    assert ModelConfig.from_dict(data).segmenter.context_scale == 0.0
+    tuned = with_settings(base, ["segmenter.context_scale=1.5", "segmenter.context_fusion=widen"])
+    assert (tuned.segmenter.context_scale, tuned.segmenter.context_fusion) == (1.5, "widen")
+    assert tuned.segmenter.spacing_mm == base.segmenter.spacing_mm
