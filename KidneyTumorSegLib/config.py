@@ -78,8 +78,9 @@ class SegmenterConfig:
     min_tumour_ml: float = 0.05  # smaller tumour fragments are dropped as speckle
     # A second look at a coarser grid (this many times ``spacing_mm``; 0 = none): the same patch
     # then sees a wider field of view, which a tumour larger than the patch needs. Its probabilities
-    # join the fine grid's where both looked (``context_fusion``: "mean", "max", or "widen": the mean,
-    # with the canvas grown to where the coarse windows looked). docs/evaluation/context_scale/.
+    # join the fine grid's where both looked (``context_fusion``: "mean", "max", "split": the mean for
+    # the region and the maximum for the tumour, or "widen": the mean, with the canvas grown to where
+    # the coarse windows looked). docs/evaluation/context_scale/.
     context_scale: float = 0.0
     context_fusion: str = "mean"
 
@@ -93,7 +94,7 @@ INFERENCE_SETTINGS = frozenset({"threshold", "kidney_threshold", "tumour_thresho
 # The inference settings that leave the segmenter's outputs for given boxes unchanged (they act on
 # the localisers' boxes or on the post-processing): a sweep over them can reuse those outputs.
 REUSABLE_SEGMENTER_SETTINGS = INFERENCE_SETTINGS - {"mirror_x", "overlap", "context_scale", "context_fusion"}
-CONTEXT_FUSIONS = ("mean", "max", "widen")
+CONTEXT_FUSIONS = ("mean", "max", "split", "widen")
 
 
 @dataclass

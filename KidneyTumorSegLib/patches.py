@@ -104,18 +104,21 @@ def fuse_scales(fine: np.ndarray, canvas: Volume, coarse: np.ndarray, coarse_can
                 how: str = "mean", fine_looked: np.ndarray | None = None) -> np.ndarray:
     """Stitched probabilities (C, z, y, x) of the fine grid combined with those of a coarser grid's
     windows over the same boxes, brought onto the fine ``canvas`` (trilinear): their mean, or their
-    maximum, wherever the coarse windows looked; elsewhere the fine grid's alone. ``fine_looked``
+    maximum, or ("split") the mean for the region and the maximum for the tumour, wherever the coarse
+    windows looked; elsewhere the fine grid's alone. ``fine_looked``
     (z, y, x bool): where the fine windows looked, when the canvas reaches beyond them; there the
     coarse grid's probabilities stand alone."""
-    if how not in ("mean", "max"):  # "widen" is the mean on a canvas the caller has grown
-        raise ValueError(f"context fusion is 'mean' or 'max', not {how!r}")
+    if how not in ("mean", "max", "split"):  # "widen" is the mean on a canvas the caller has grown
+        raise ValueError(f"context fusion is 'mean', 'max' or 'split', not {how!r}")
     ones = coarse_canvas.with_array(np.ones(coarse.shape[1:], np.float32))
     looked = resampling.resample_onto(ones, canvas, "linear", 0.0).array > 0.999
     out = fine.astype(np.float32, copy=True)
     for c in range(fine.shape[0]):
         seen = resampling.resample_onto(coarse_canvas.with_array(coarse[c].astype(np.float32)), canvas,
                                         "linear", 0.0).array
-        both = np.maximum(fine[c], seen) if how == "max" else 0.5 * (fine[c] + seen)
+        # "split": the mean for the kidney-and-tumour region (channel 0), the maximum for the tumour
+        peak = how == "max" or (how == "split" and c > 0)
+        both = np.maximum(fine[c], seen) if peak else 0.5 * (fine[c] + seen)
         out[c][looked] = both[looked]
         if fine_looked is not None:
             alone = looked & ~fine_looked

@@ -171,7 +171,7 @@ def test_fusing_scales_brings_the_coarse_probabilities_to_where_they_physically_
     fine, coarse = ramp(fine_grid), ramp(coarse_grid)
     fine_x = 2.0 * np.arange(30)
     inside = fine_x <= 18.0 - 1e-6
-    for how in ("mean", "max"):
+    for how in ("mean", "max", "split"):
         fused = fuse_scales(fine, fine_grid, coarse, coarse_grid, how)
         np.testing.assert_allclose(fused[:, :, :, inside], fine[:, :, :, inside], atol=1e-5)
     # a coarse field of ones: the mean is halfway and the max is one where it looked, nothing beyond
@@ -181,5 +181,7 @@ def test_fusing_scales_brings_the_coarse_probabilities_to_where_they_physically_
     peak = fuse_scales(zeros, fine_grid, ones, coarse_grid, "max")
     assert np.allclose(mean[:, :8, :10, :9], 0.5) and np.allclose(peak[:, :8, :10, :9], 1.0)
     assert not mean[:, :, :, 10:].any() and not peak[:, :, :, 10:].any()
-    with pytest.raises(ValueError, match="'mean' or 'max'"):
+    split = fuse_scales(zeros, fine_grid, ones, coarse_grid, "split")  # region: the mean; tumour: the max
+    assert np.allclose(split[0, :8, :10, :9], 0.5) and np.allclose(split[1, :8, :10, :9], 1.0)
+    with pytest.raises(ValueError, match="'mean', 'max' or 'split'"):
         fuse_scales(zeros, fine_grid, ones, coarse_grid, "median")
