@@ -84,6 +84,11 @@ class SegmenterConfig:
     context_scale: float = 0.0
     context_fusion: str = "mean"
 
+    @property
+    def second_look(self) -> bool:
+        """Whether the coarser second look runs: ``context_scale`` set, and not the grid itself."""
+        return self.context_scale > 0 and self.context_scale != 1.0
+
 
 # Settings that change what the pipeline does with the networks' outputs, never the networks
 # themselves: chosen on validation cases after training and written into a bundle

@@ -149,10 +149,10 @@ def _network_bytes(config) -> int:
 def _context_pass_bytes(canvas_extent, config, canvas_voxels: int) -> int:
     """The coarse second look (``segmenter.context_scale``): its own canvas, and while its
     probabilities are fused onto the fine canvas, a copy of the fine ones and two resampled channels."""
-    scale = float(getattr(config.segmenter, "context_scale", 0.0) or 0.0)
-    if scale <= 0 or scale == 1.0:
+    seg = config.segmenter
+    if not seg.second_look:
         return 0
-    coarse = _grid_voxels(canvas_extent, [s * scale for s in config.segmenter.spacing_mm])
+    coarse = _grid_voxels(canvas_extent, [s * seg.context_scale for s in seg.spacing_mm])
     return coarse * 40 + canvas_voxels * 24
 
 

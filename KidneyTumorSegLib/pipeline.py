@@ -322,13 +322,12 @@ class Pipeline:
         key = (id(volume), volume.array.shape, tuple((b.lo, b.hi) for b in boxes))
         if self._reused_windows is not None and key in self._reused_windows:
             return self._reused_windows[key]
-        spacing = np.asarray(self.config.segmenter.spacing_mm, dtype=float)
-        scale = float(self.config.segmenter.context_scale or 0.0)
-        second_look = scale > 0 and scale != 1.0
-        probs, canvas = self._segment_windows(ctx, volume, loc_grid, boxes, spacing, (0.4, 0.3 if second_look else 0.45))
-        if second_look:
-            wide, wide_canvas = self._segment_windows(ctx, volume, loc_grid, boxes, spacing * scale, (0.7, 0.15))
-            how = self.config.segmenter.context_fusion
+        cfg = self.config.segmenter
+        spacing = np.asarray(cfg.spacing_mm, dtype=float)
+        probs, canvas = self._segment_windows(ctx, volume, loc_grid, boxes, spacing, (0.4, 0.3 if cfg.second_look else 0.45))
+        if cfg.second_look:
+            wide, wide_canvas = self._segment_windows(ctx, volume, loc_grid, boxes, spacing * cfg.context_scale, (0.7, 0.15))
+            how = cfg.context_fusion
             fine_looked = None
             if how == "widen":
                 probs, canvas, fine_looked = self._widened(volume, probs, canvas, wide_canvas)
@@ -344,10 +343,8 @@ class Pipeline:
         there, the fine probabilities placed where they were (0 beyond), and where the fine windows
         looked."""
         sp = np.asarray(canvas.spacing, float)
-        size = np.asarray(canvas.array.shape[::-1])
-        lo = np.minimum(canvas.origin, wide_canvas.origin)
-        hi = np.maximum(canvas.origin + (size - 1) * sp,
-                        wide_canvas.origin + (np.asarray(wide_canvas.array.shape[::-1]) - 1) * np.asarray(wide_canvas.spacing))
+        (lo_f, hi_f), (lo_w, hi_w) = canvas.physical_bounds(), wide_canvas.physical_bounds()
+        lo, hi = np.minimum(lo_f, lo_w), np.maximum(hi_f, hi_w)
         lo_i = np.floor((lo - canvas.origin) / sp + 1e-6).astype(int)
         hi_i = np.ceil((hi - canvas.origin) / sp - 1e-6).astype(int)
         origin = canvas.origin + lo_i * sp
