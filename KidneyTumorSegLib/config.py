@@ -83,6 +83,10 @@ class SegmenterConfig:
     # the coarse windows looked). docs/evaluation/context_scale/.
     context_scale: float = 0.0
     context_fusion: str = "mean"
+    # With a gate (mL; 0 = none) the coarse look runs only when the fine look's region has a part
+    # of at least this volume or one touching the canvas's side, and counts only around such parts:
+    # elsewhere the fine look, which is right about normal and low-lying kidneys, stands.
+    context_gate_ml: float = 0.0
 
     @property
     def second_look(self) -> bool:
@@ -95,10 +99,11 @@ class SegmenterConfig:
 # (scripts/merge_bundle.py --set); a fine-tune may start from a bundle whose settings differ.
 INFERENCE_SETTINGS = frozenset({"threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "min_tumour_ml",
                                 "margin_mm", "min_component_ml", "overlap", "context_scale",
-                                "context_fusion"})
+                                "context_fusion", "context_gate_ml"})
 # The inference settings that leave the segmenter's outputs for given boxes unchanged (they act on
 # the localisers' boxes or on the post-processing): a sweep over them can reuse those outputs.
-REUSABLE_SEGMENTER_SETTINGS = INFERENCE_SETTINGS - {"mirror_x", "overlap", "context_scale", "context_fusion"}
+REUSABLE_SEGMENTER_SETTINGS = INFERENCE_SETTINGS - {"mirror_x", "overlap", "context_scale", "context_fusion",
+                                                     "context_gate_ml"}
 CONTEXT_FUSIONS = ("mean", "max", "split", "widen")
 
 
@@ -213,5 +218,7 @@ def with_settings(config: ModelConfig, items: list[str]) -> ModelConfig:
                 raise ValueError(f"{item!r}: {name} takes a number") from None
             if not math.isfinite(number):
                 raise ValueError(f"{item!r}: {name} takes a finite number")
+            if name == "context_gate_ml" and number < 0:
+                raise ValueError(f"{item!r}: {name} is a volume in mL, 0 or more")
             data[part][name] = number
     return ModelConfig.from_dict(data)

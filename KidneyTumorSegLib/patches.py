@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
+from scipy import ndimage
 
 from . import resampling
 from .localisation import Box
@@ -124,3 +125,31 @@ def fuse_scales(fine: np.ndarray, canvas: Volume, coarse: np.ndarray, coarse_can
             alone = looked & ~fine_looked
             out[c][alone] = seen[alone]
     return out
+
+
+def context_seeds(region: np.ndarray, voxel_ml: float, min_ml: float) -> np.ndarray | None:
+    """The fine look's region parts (z, y, x bool) that need the coarse look's wider view: connected
+    parts of at least ``min_ml``, or touching a side (x or y) face of the canvas, where the patch
+    saw only part of what it labelled. None when there is no such part: the coarse look has
+    nothing to add."""
+    comps, n = ndimage.label(region)
+    if n == 0:
+        return None
+    ml = np.bincount(comps.ravel(), minlength=n + 1) * voxel_ml
+    wanted = ml >= min_ml
+    for side in (comps[:, :, 0], comps[:, :, -1], comps[:, 0, :], comps[:, -1, :]):
+        wanted[np.unique(side)] = True
+    wanted[0] = False
+    return wanted[comps] if wanted.any() else None
+
+
+def gate_fusion(fine: np.ndarray, fused: np.ndarray, fused_region: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The fused probabilities (C, z, y, x) inside the fused region's connected parts that overlap
+    the ``seeds`` (and inside the seeds); the fine grid's alone everywhere else, so a second look
+    cannot move a region its gate did not open."""
+    comps, n = ndimage.label(fused_region)
+    chosen = np.zeros(n + 1, bool)
+    chosen[np.unique(comps[seeds])] = True
+    chosen[0] = False
+    zone = chosen[comps] | seeds
+    return np.where(zone[None], fused, fine).astype(np.float32)

@@ -325,17 +325,32 @@ class Pipeline:
         cfg = self.config.segmenter
         spacing = np.asarray(cfg.spacing_mm, dtype=float)
         probs, canvas = self._segment_windows(ctx, volume, loc_grid, boxes, spacing, (0.4, 0.3 if cfg.second_look else 0.45))
-        if cfg.second_look:
+        seeds = self._context_seeds(probs, canvas) if cfg.second_look and cfg.context_gate_ml > 0 else None
+        if cfg.second_look and (cfg.context_gate_ml <= 0 or seeds is not None):
             wide, wide_canvas = self._segment_windows(ctx, volume, loc_grid, boxes, spacing * cfg.context_scale, (0.7, 0.15))
             how = cfg.context_fusion
             fine_looked = None
             if how == "widen":
                 probs, canvas, fine_looked = self._widened(volume, probs, canvas, wide_canvas)
                 how = "mean"
-            probs = patches.fuse_scales(probs, canvas, wide, wide_canvas, how, fine_looked)
+                if seeds is not None:
+                    grown = np.zeros(fine_looked.shape, bool)
+                    grown[fine_looked] = seeds.ravel()  # the fine canvas is one block of the grown one
+                    seeds = grown
+            fused = patches.fuse_scales(probs, canvas, wide, wide_canvas, how, fine_looked)
+            if seeds is not None:
+                pp = postprocess.PostprocessConfig.from_model(self.config)
+                fused = patches.gate_fusion(probs, fused, postprocess.region_mask(fused[0], fused[1], pp), seeds)
+            probs = fused
         if self._reused_windows is not None:
             self._reused_windows[key] = (probs, canvas)
         return probs, canvas
+
+    def _context_seeds(self, probs: np.ndarray, canvas: Volume) -> np.ndarray | None:
+        """Where the fine look's region needs the coarse look (``segmenter.context_gate_ml``)."""
+        pp = postprocess.PostprocessConfig.from_model(self.config)
+        region = postprocess.region_mask(probs[0], probs[1], pp)
+        return patches.context_seeds(region, canvas.voxel_volume_ml, self.config.segmenter.context_gate_ml)
 
     @staticmethod
     def _widened(volume: Volume, probs: np.ndarray, canvas: Volume, wide_canvas: Volume):

@@ -42,6 +42,12 @@ class PostprocessConfig:
         )
 
 
+def region_mask(p_region: np.ndarray, p_tumour: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
+    """The kidney-with-tumour region before any component is judged: the region's probability at
+    the kidney threshold, or the tumour's at the tumour threshold."""
+    return (p_region >= cfg.kidney_threshold) | (p_tumour >= cfg.tumour_threshold)
+
+
 def labels_from_probabilities(
     p_region: np.ndarray, p_tumour: np.ndarray, voxel_ml: float, cfg: PostprocessConfig | None = None,
     midline_x_index: float | None = None, support: np.ndarray | None = None, exclude: np.ndarray | None = None,
@@ -59,7 +65,7 @@ def labels_from_probabilities(
     they are never kept, so the next best region takes their side."""
     cfg = cfg or PostprocessConfig()
     tumour = p_tumour >= cfg.tumour_threshold
-    region = (p_region >= cfg.kidney_threshold) | tumour
+    region = region_mask(p_region, p_tumour, cfg)
     if exclude is not None:
         region &= ~exclude
         tumour &= region

@@ -170,7 +170,8 @@ def test_merge_takes_networks_from_other_files_and_records_where_they_came_from(
 @pytest.mark.parametrize("setting, says", [("segmenter.width=32", "shapes the networks"),
                                            ("segmenter.colour=red", "expected PART.KEY=VALUE"),
                                            ("segmenter.mirror_x=maybe", "true or false"),
-                                           ("segmenter.context_fusion=median", "one of mean, max, split, widen")])
+                                           ("segmenter.context_fusion=median", "one of mean, max, split, widen"),
+                                           ("segmenter.context_gate_ml=-5", "0 or more")])
 def test_merge_refuses_settings_that_are_not_inference_settings(tmp_path, setting, says):
     from KidneyTumorSegLib.weights import save_bundle, seeded_bundle
 

@@ -185,3 +185,47 @@ def test_fusing_scales_brings_the_coarse_probabilities_to_where_they_physically_
     assert np.allclose(split[0, :8, :10, :9], 0.5) and np.allclose(split[1, :8, :10, :9], 1.0)
     with pytest.raises(ValueError, match="'mean', 'max' or 'split'"):
         fuse_scales(zeros, fine_grid, ones, coarse_grid, "median")
+
+
+def test_only_large_regions_or_ones_at_the_canvas_side_call_for_the_coarse_look():
+    """A 1 mL voxel grid: a 27 mL block inside opens the gate at 20 mL, a 12 mL block does not
+    unless it touches a side (x or y) face; touching the top or bottom (z) faces does not count,
+    since the localiser's slices may end in a pole."""
+    from KidneyTumorSegLib.patches import context_seeds
+
+    region = np.zeros((20, 20, 20), bool)
+    region[2:5, 8:10, 8:10] = True  # 12 mL, inside
+    region[10:13, 10:13, 10:13] = True  # 27 mL, inside
+    seeds = context_seeds(region, 1.0, 20.0)
+    assert seeds.sum() == 27 and seeds[11, 11, 11] and not seeds[3, 9, 9]
+    assert context_seeds(region, 1.0, 30.0) is None  # nothing large enough, nothing at a side
+    assert context_seeds(np.zeros_like(region), 1.0, 1.0) is None
+    at_side = np.zeros_like(region)
+    at_side[5:7, 5:7, 0:2] = True  # 8 mL on the x = 0 face
+    at_side[0:2, 12:14, 12:14] = True  # 8 mL on the z = 0 face
+    seeds = context_seeds(at_side, 1.0, 100.0)
+    assert seeds.sum() == 8 and seeds[5, 5, 0] and not seeds[0, 12, 12]
+    on_y = np.zeros_like(region)
+    on_y[8:10, 19, 8:10] = True
+    assert context_seeds(on_y, 1.0, 100.0).sum() == 4
+
+
+def test_a_gated_fusion_moves_only_the_regions_its_seeds_touch():
+    """The fused probabilities count inside the fused region's parts that meet a seed and inside
+    the seed; a fused part elsewhere, and every voxel beyond, keeps the fine grid's values."""
+    from KidneyTumorSegLib.patches import gate_fusion
+
+    fine = np.full((2, 10, 10, 30), 0.2, np.float32)
+    fused = np.full_like(fine, 0.7)
+    fused_region = np.zeros((10, 10, 30), bool)
+    fused_region[2:8, 2:8, 2:12] = True  # meets the seed
+    fused_region[2:8, 2:8, 18:26] = True  # a part of its own
+    seeds = np.zeros_like(fused_region)
+    seeds[4:6, 4:6, 4:6] = True
+    seeds[0, 0, 0] = True  # a seed outside every fused part still takes the fused values
+    out = gate_fusion(fine, fused, fused_region, seeds)
+    zone = np.zeros_like(fused_region)
+    zone[2:8, 2:8, 2:12] = True
+    zone[0, 0, 0] = True
+    assert np.allclose(out[:, zone], 0.7) and np.allclose(out[:, ~zone], 0.2)
+    assert out.dtype == np.float32

@@ -220,6 +220,39 @@ def test_a_context_scale_segments_again_on_a_coarser_grid_and_averages_where_it_
     assert not result.empty and set(np.unique(result.labels.array)) <= {0, 1}
 
 
+def test_a_gated_second_look_runs_only_when_the_fine_look_calls_for_it(monkeypatch):
+    """With ``context_gate_ml`` the coarse look runs only for a fine region that is large or meets
+    the canvas's side: a fine grid that finds nothing (0.3) is not looked at again, so the coarse
+    grid's 0.9 cannot make a kidney of it; a fine region filling the canvas (0.6) is."""
+    from KidneyTumorSegLib import resampling
+
+    spacings, fine_value = [], {"p": 0.3}
+
+    def windows(self, ctx, volume, loc_grid, boxes, spacing, span=None):
+        spacings.append(tuple(float(s) for s in spacing))
+        lo = np.min([b.to_physical(loc_grid.spacing, loc_grid.origin)[0] for b in boxes], axis=0) - 20.0
+        hi = np.max([b.to_physical(loc_grid.spacing, loc_grid.origin)[1] for b in boxes], axis=0) + 20.0
+        size = tuple(int(np.ceil(n)) for n in (hi - lo) / spacing)
+        canvas = resampling.resample_box_chunked(volume, lo, size, tuple(spacing))
+        probs = np.zeros((2, *canvas.array.shape), np.float32)
+        probs[0] = 0.9 if len(spacings) % 2 == 0 else fine_value["p"]
+        return probs, canvas
+
+    monkeypatch.setattr(Pipeline, "_segment_windows", windows)
+    bundle = bundle_with_heads(10, 10, 10, -10)
+    fine = tuple(bundle.config.segmenter.spacing_mm)
+    bundle.config.segmenter.context_scale = 1.5
+    bundle.config.segmenter.context_fusion = "split"
+    bundle.config.segmenter.context_gate_ml = 300.0
+    assert Pipeline(bundle, device="cpu").run(body_ct()).empty
+    assert spacings == [fine]
+    spacings.clear()
+    fine_value["p"] = 0.6
+    result = Pipeline(bundle, device="cpu").run(body_ct())
+    assert spacings == [fine, tuple(1.5 * s for s in fine)]
+    assert not result.empty
+
+
 def test_a_widened_canvas_keeps_the_fine_probabilities_where_they_lay():
     """"widen" grows the fine canvas on its own lattice to cover the coarse windows: the scan is
     resampled there, and the fine probabilities sit at the same physical places as before."""

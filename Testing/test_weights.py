@@ -147,9 +147,12 @@ def test_a_second_look_is_an_inference_setting_and_off_in_bundles_without_it():
 
     base = ModelConfig.tiny()
     data = base.to_dict()
-    for key in ("context_scale", "context_fusion"):
+    for key in ("context_scale", "context_fusion", "context_gate_ml"):
         data["segmenter"].pop(key)  # a bundle written before the setting existed
-    assert ModelConfig.from_dict(data).segmenter.context_scale == 0.0
-    tuned = with_settings(base, ["segmenter.context_scale=1.5", "segmenter.context_fusion=widen"])
+    old = ModelConfig.from_dict(data).segmenter
+    assert (old.context_scale, old.context_gate_ml, old.second_look) == (0.0, 0.0, False)
+    tuned = with_settings(base, ["segmenter.context_scale=1.5", "segmenter.context_fusion=widen",
+                                 "segmenter.context_gate_ml=300"])
     assert (tuned.segmenter.context_scale, tuned.segmenter.context_fusion) == (1.5, "widen")
+    assert tuned.segmenter.context_gate_ml == 300.0
     assert tuned.segmenter.spacing_mm == base.segmenter.spacing_mm
