@@ -152,4 +152,4 @@ def gate_fusion(fine: np.ndarray, fused: np.ndarray, fused_region: np.ndarray, s
     chosen[np.unique(comps[seeds])] = True
     chosen[0] = False
     zone = chosen[comps] | seeds
-    return np.where(zone[None], fused, fine).astype(np.float32)
+    return np.where(zone[None], fused, fine).astype(np.float32, copy=False)

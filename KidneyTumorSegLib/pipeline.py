@@ -318,33 +318,43 @@ class Pipeline:
         return 0.5 * (plain + mirrored[..., ::-1])
 
     def _segment_boxes(self, ctx: RunContext, volume: Volume, loc_grid: Volume, boxes):
-        """Probabilities (2, z, y, x) on a canvas around the boxes, and the canvas geometry."""
-        key = (id(volume), volume.array.shape, tuple((b.lo, b.hi) for b in boxes))
-        if self._reused_windows is not None and key in self._reused_windows:
-            return self._reused_windows[key]
+        """Probabilities (2, z, y, x) on a canvas around the boxes, and the canvas geometry: the fine
+        look, joined by the coarse one where ``context_scale`` (and its gate) asks for it."""
         cfg = self.config.segmenter
         spacing = np.asarray(cfg.spacing_mm, dtype=float)
-        probs, canvas = self._segment_windows(ctx, volume, loc_grid, boxes, spacing, (0.4, 0.3 if cfg.second_look else 0.45))
-        seeds = self._context_seeds(probs, canvas) if cfg.second_look and cfg.context_gate_ml > 0 else None
-        if cfg.second_look and (cfg.context_gate_ml <= 0 or seeds is not None):
-            wide, wide_canvas = self._segment_windows(ctx, volume, loc_grid, boxes, spacing * cfg.context_scale, (0.7, 0.15))
-            how = cfg.context_fusion
-            fine_looked = None
-            if how == "widen":
-                probs, canvas, fine_looked = self._widened(volume, probs, canvas, wide_canvas)
-                how = "mean"
-                if seeds is not None:
-                    grown = np.zeros(fine_looked.shape, bool)
-                    grown[fine_looked] = seeds.ravel()  # the fine canvas is one block of the grown one
-                    seeds = grown
-            fused = patches.fuse_scales(probs, canvas, wide, wide_canvas, how, fine_looked)
+        probs, canvas = self._look(ctx, volume, loc_grid, boxes, spacing, (0.4, 0.3 if cfg.second_look else 0.45))
+        if not cfg.second_look:
+            return probs, canvas
+        gated = cfg.context_gate_ml > 0
+        seeds = self._context_seeds(probs, canvas) if gated else None
+        if gated and seeds is None:
+            return probs, canvas
+        wide, wide_canvas = self._look(ctx, volume, loc_grid, boxes, spacing * cfg.context_scale, (0.7, 0.15))
+        how, fine_looked, fine = cfg.context_fusion, None, probs
+        if how == "widen":
+            probs, canvas, fine_looked = self._widened(volume, probs, canvas, wide_canvas)
+            how, fine = "mean", probs
             if seeds is not None:
-                pp = postprocess.PostprocessConfig.from_model(self.config)
-                fused = patches.gate_fusion(probs, fused, postprocess.region_mask(fused[0], fused[1], pp), seeds)
-            probs = fused
+                grown = np.zeros(fine_looked.shape, bool)
+                grown[fine_looked] = seeds.ravel()  # the fine canvas is one block of the grown one
+                seeds = grown
+        fused = patches.fuse_scales(fine, canvas, wide, wide_canvas, how, fine_looked)
+        if seeds is not None:
+            pp = postprocess.PostprocessConfig.from_model(self.config)
+            fused = patches.gate_fusion(fine, fused, postprocess.region_mask(fused[0], fused[1], pp), seeds)
+        return fused, canvas
+
+    def _look(self, ctx: RunContext, volume: Volume, loc_grid: Volume, boxes, spacing: np.ndarray, span):
+        """One look's stitched probabilities and canvas. Within ``segmenter_outputs_reused`` a scan's
+        boxes are segmented once per spacing; the gate and the fusion, which depend on the
+        thresholds a sweep varies, are applied afresh on every run."""
+        key = (id(volume), volume.array.shape, tuple((b.lo, b.hi) for b in boxes), tuple(float(s) for s in spacing))
+        if self._reused_windows is not None and key in self._reused_windows:
+            return self._reused_windows[key]
+        looked = self._segment_windows(ctx, volume, loc_grid, boxes, spacing, span)
         if self._reused_windows is not None:
-            self._reused_windows[key] = (probs, canvas)
-        return probs, canvas
+            self._reused_windows[key] = looked
+        return looked
 
     def _context_seeds(self, probs: np.ndarray, canvas: Volume) -> np.ndarray | None:
         """Where the fine look's region needs the coarse look (``segmenter.context_gate_ml``)."""

@@ -205,9 +205,12 @@ def test_only_large_regions_or_ones_at_the_canvas_side_call_for_the_coarse_look(
     at_side[0:2, 12:14, 12:14] = True  # 8 mL on the z = 0 face
     seeds = context_seeds(at_side, 1.0, 100.0)
     assert seeds.sum() == 8 and seeds[5, 5, 0] and not seeds[0, 12, 12]
-    on_y = np.zeros_like(region)
-    on_y[8:10, 19, 8:10] = True
-    assert context_seeds(on_y, 1.0, 100.0).sum() == 4
+    for face in (np.s_[8:10, 19, 8:10], np.s_[8:10, 0, 8:10], np.s_[8:10, 8:10, 19]):  # y = -1, y = 0, x = -1
+        on_face = np.zeros_like(region)
+        on_face[face] = True
+        assert context_seeds(on_face, 1.0, 100.0).sum() == 4
+    # volumes are in mL: 27 voxels of 8 mL are 216 mL; the gate is "at least"
+    assert context_seeds(region, 8.0, 216.0).sum() == 27 and context_seeds(region, 8.0, 216.1) is None
 
 
 def test_a_gated_fusion_moves_only_the_regions_its_seeds_touch():

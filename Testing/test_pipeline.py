@@ -253,6 +253,41 @@ def test_a_gated_second_look_runs_only_when_the_fine_look_calls_for_it(monkeypat
     assert not result.empty
 
 
+def test_a_sweep_over_thresholds_judges_the_gate_afresh_for_each(monkeypatch):
+    """Reused segmenter outputs are each look's own: whether the gate opens depends on the kidney
+    threshold, so a sweep cannot reuse fused probabilities. A fine 0.55 filling the canvas opens the
+    gate at threshold 0.5 (fused with the coarse 0.9: a kidney) and not at 0.6 (no region, nothing),
+    and each look is still segmented only once."""
+    from KidneyTumorSegLib import resampling
+    from KidneyTumorSegLib.config import with_settings
+
+    spacings = []
+
+    def windows(self, ctx, volume, loc_grid, boxes, spacing, span=None):
+        spacings.append(tuple(float(s) for s in spacing))
+        lo = np.min([b.to_physical(loc_grid.spacing, loc_grid.origin)[0] for b in boxes], axis=0) - 20.0
+        hi = np.max([b.to_physical(loc_grid.spacing, loc_grid.origin)[1] for b in boxes], axis=0) + 20.0
+        size = tuple(int(np.ceil(n)) for n in (hi - lo) / spacing)
+        canvas = resampling.resample_box_chunked(volume, lo, size, tuple(spacing))
+        probs = np.zeros((2, *canvas.array.shape), np.float32)
+        probs[0] = 0.55 if len(spacings) == 1 else 0.9
+        return probs, canvas
+
+    monkeypatch.setattr(Pipeline, "_segment_windows", windows)
+    bundle = bundle_with_heads(10, 10, 10, -10)
+    base = with_settings(bundle.config, ["segmenter.context_scale=1.5", "segmenter.context_fusion=split",
+                                         "segmenter.context_gate_ml=300"])
+    pipe, ct = Pipeline(bundle, device="cpu"), body_ct()
+    with pipe.segmenter_outputs_reused():
+        pipe.config = with_settings(base, ["segmenter.kidney_threshold=0.5"])
+        opened = pipe.run(ct)
+        pipe.config = with_settings(base, ["segmenter.kidney_threshold=0.6"])
+        closed = pipe.run(ct)
+    assert not opened.empty and closed.empty
+    fine = tuple(bundle.config.segmenter.spacing_mm)
+    assert spacings == [fine, tuple(1.5 * s for s in fine)]
+
+
 def test_a_widened_canvas_keeps_the_fine_probabilities_where_they_lay():
     """"widen" grows the fine canvas on its own lattice to cover the coarse windows: the scan is
     resampled there, and the fine probabilities sit at the same physical places as before."""
