@@ -148,12 +148,14 @@ def _network_bytes(config) -> int:
 
 def _context_pass_bytes(canvas_extent, config, canvas_voxels: int) -> int:
     """The coarse second look (``segmenter.context_scale``): its own canvas, and while its
-    probabilities are fused onto the fine canvas, a copy of the fine ones and two resampled channels."""
+    probabilities are fused onto the fine canvas, a copy of the fine ones and two resampled channels;
+    with a gate, its component labels, three masks and the gated copy (16 bytes a voxel more)."""
     seg = config.segmenter
     if not seg.second_look:
         return 0
     coarse = _grid_voxels(canvas_extent, [s * seg.context_scale for s in seg.spacing_mm])
-    return coarse * 40 + canvas_voxels * 24
+    gate = 16 if seg.context_gate_ml > 0 else 0
+    return coarse * 40 + canvas_voxels * (24 + gate)
 
 
 def estimate_run_bytes(size_xyz, spacing_xyz, bytes_per_voxel: int, config, keep_image: bool = False

@@ -491,3 +491,19 @@ def test_bounded_side_split_equals_the_plain_one():
         assert set(got) == set(expected) and len(expected) >= 2
         for key in expected:
             np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_memory_estimate_counts_the_second_look_and_its_gate():
+    """The coarse look's canvas and fusion, and the gate's labels and masks, are budgeted; they do not
+    depend on the scan's size, only on the area segmented (the same here)."""
+    from KidneyTumorSegLib.config import with_settings
+
+    cfg = ModelConfig.bundled()
+    one = memory.estimate_run_bytes((512, 512, 200), (0.8, 0.8, 2.0), 2, cfg).total
+    two = memory.estimate_run_bytes((512, 512, 200), (0.8, 0.8, 2.0), 2,
+                                    with_settings(cfg, ["segmenter.context_scale=1.5"])).total
+    gated = memory.estimate_run_bytes((512, 512, 200), (0.8, 0.8, 2.0), 2,
+                                      with_settings(cfg, ["segmenter.context_scale=1.5",
+                                                          "segmenter.context_gate_ml=300"])).total
+    assert one < two < gated
+    assert (gated - two) / (two - one) < 1.0  # the gate costs less than the second look itself
