@@ -61,6 +61,9 @@ class XYLocaliserConfig:
     min_component_ml: float = 5.0  # smaller blobs are not kidneys
 
 
+CONTEXT_FUSIONS = ("mean", "max", "split", "widen")
+
+
 @dataclass
 class SegmenterConfig:
     """3D encoder-decoder of multiple-scale residual blocks (MRB)."""
@@ -88,6 +91,13 @@ class SegmenterConfig:
     # elsewhere the fine look, which is right about normal and low-lying kidneys, stands.
     context_gate_ml: float = 0.0
 
+    def __post_init__(self):
+        # A header written by hand (or by a later version) is refused when loaded, not mid-run.
+        if self.context_fusion not in CONTEXT_FUSIONS:
+            raise ValueError(f"context_fusion is one of {', '.join(CONTEXT_FUSIONS)}, not {self.context_fusion!r}")
+        if not self.context_gate_ml >= 0:
+            raise ValueError(f"context_gate_ml is a volume in mL, 0 or more, not {self.context_gate_ml!r}")
+
     @property
     def second_look(self) -> bool:
         """Whether the coarser second look runs: ``context_scale`` set, and not the grid itself."""
@@ -104,7 +114,6 @@ INFERENCE_SETTINGS = frozenset({"threshold", "kidney_threshold", "tumour_thresho
 # the localisers' boxes or on the post-processing): a sweep over them can reuse those outputs.
 REUSABLE_SEGMENTER_SETTINGS = INFERENCE_SETTINGS - {"mirror_x", "overlap", "context_scale", "context_fusion",
                                                      "context_gate_ml"}
-CONTEXT_FUSIONS = ("mean", "max", "split", "widen")
 
 
 @dataclass

@@ -156,3 +156,13 @@ def test_a_second_look_is_an_inference_setting_and_off_in_bundles_without_it():
     assert (tuned.segmenter.context_scale, tuned.segmenter.context_fusion) == (1.5, "widen")
     assert tuned.segmenter.context_gate_ml == 300.0
     assert tuned.segmenter.spacing_mm == base.segmenter.spacing_mm
+
+
+def test_a_bundle_naming_an_unknown_fusion_is_refused_when_loaded(tmp_path):
+    """A header with a fusion this version does not know (hand-made, or from a later version) fails
+    at loading, in one sentence, instead of in the middle of a run."""
+    bundle = seeded_bundle(ModelConfig.tiny(), seed=0)
+    bundle.config.segmenter.context_fusion = "median"  # past the dataclass's own check
+    path = save_bundle(tmp_path / "odd.safetensors", bundle.config, bundle.state_dicts)
+    with pytest.raises(WeightsError, match=r"incompatible configuration \(context_fusion is one of mean"):
+        load_bundle(path)
