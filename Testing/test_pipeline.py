@@ -190,11 +190,11 @@ def test_localiser_support_lands_on_the_same_physical_place_of_the_canvas():
     assert Pipeline._localiser_support(KidneysFound(grid), canvas) is None
 
 
-def test_a_context_scale_segments_again_on_a_coarser_grid_and_averages_where_it_looked(monkeypatch):
-    """With ``context_scale`` the boxes are segmented twice, at the segmenter's spacing and at that
-    times the scale, and the labels follow the fused probabilities: a fine grid that says 0.3
-    (below the kidney threshold) and a coarse one that says 0.9 average to a kidney."""
-    spacings = []
+def fake_looks(spacings: list, region_value):
+    """A stand-in for ``Pipeline._segment_windows``: a canvas 20 mm around the boxes at the asked
+    spacing whose region probability is ``region_value(call)`` everywhere (call 1, 2, ... in order),
+    every spacing asked for recorded in ``spacings``."""
+    from KidneyTumorSegLib import resampling
 
     def windows(self, ctx, volume, loc_grid, boxes, spacing, span=None):
         spacings.append(tuple(float(s) for s in spacing))
@@ -203,10 +203,18 @@ def test_a_context_scale_segments_again_on_a_coarser_grid_and_averages_where_it_
         size = tuple(int(np.ceil(n)) for n in (hi - lo) / spacing)
         canvas = resampling.resample_box_chunked(volume, lo, size, tuple(spacing))
         probs = np.zeros((2, *canvas.array.shape), np.float32)
-        probs[0] = 0.9 if len(spacings) % 2 == 0 else 0.3  # the second call of each run is the coarse one
+        probs[0] = region_value(len(spacings))
         return probs, canvas
 
-    from KidneyTumorSegLib import resampling
+    return windows
+
+
+def test_a_context_scale_segments_again_on_a_coarser_grid_and_averages_where_it_looked(monkeypatch):
+    """With ``context_scale`` the boxes are segmented twice, at the segmenter's spacing and at that
+    times the scale, and the labels follow the fused probabilities: a fine grid that says 0.3
+    (below the kidney threshold) and a coarse one that says 0.9 average to a kidney."""
+    spacings = []
+    windows = fake_looks(spacings, lambda call: 0.9 if call % 2 == 0 else 0.3)  # each run's second call is the coarse one
 
     monkeypatch.setattr(Pipeline, "_segment_windows", windows)
     bundle = bundle_with_heads(10, 10, 10, -10)
@@ -224,19 +232,8 @@ def test_a_gated_second_look_runs_only_when_the_fine_look_calls_for_it(monkeypat
     """With ``context_gate_ml`` the coarse look runs only for a fine region that is large or meets
     the canvas's side: a fine grid that finds nothing (0.3) is not looked at again, so the coarse
     grid's 0.9 cannot make a kidney of it; a fine region filling the canvas (0.6) is."""
-    from KidneyTumorSegLib import resampling
-
     spacings, fine_value = [], {"p": 0.3}
-
-    def windows(self, ctx, volume, loc_grid, boxes, spacing, span=None):
-        spacings.append(tuple(float(s) for s in spacing))
-        lo = np.min([b.to_physical(loc_grid.spacing, loc_grid.origin)[0] for b in boxes], axis=0) - 20.0
-        hi = np.max([b.to_physical(loc_grid.spacing, loc_grid.origin)[1] for b in boxes], axis=0) + 20.0
-        size = tuple(int(np.ceil(n)) for n in (hi - lo) / spacing)
-        canvas = resampling.resample_box_chunked(volume, lo, size, tuple(spacing))
-        probs = np.zeros((2, *canvas.array.shape), np.float32)
-        probs[0] = 0.9 if len(spacings) % 2 == 0 else fine_value["p"]
-        return probs, canvas
+    windows = fake_looks(spacings, lambda call: 0.9 if call % 2 == 0 else fine_value["p"])
 
     monkeypatch.setattr(Pipeline, "_segment_windows", windows)
     bundle = bundle_with_heads(10, 10, 10, -10)
@@ -258,20 +255,10 @@ def test_a_sweep_over_thresholds_judges_the_gate_afresh_for_each(monkeypatch):
     threshold, so a sweep cannot reuse fused probabilities. A fine 0.55 filling the canvas opens the
     gate at threshold 0.5 (fused with the coarse 0.9: a kidney) and not at 0.6 (no region, nothing),
     and each look is still segmented only once."""
-    from KidneyTumorSegLib import resampling
     from KidneyTumorSegLib.config import with_settings
 
     spacings = []
-
-    def windows(self, ctx, volume, loc_grid, boxes, spacing, span=None):
-        spacings.append(tuple(float(s) for s in spacing))
-        lo = np.min([b.to_physical(loc_grid.spacing, loc_grid.origin)[0] for b in boxes], axis=0) - 20.0
-        hi = np.max([b.to_physical(loc_grid.spacing, loc_grid.origin)[1] for b in boxes], axis=0) + 20.0
-        size = tuple(int(np.ceil(n)) for n in (hi - lo) / spacing)
-        canvas = resampling.resample_box_chunked(volume, lo, size, tuple(spacing))
-        probs = np.zeros((2, *canvas.array.shape), np.float32)
-        probs[0] = 0.55 if len(spacings) == 1 else 0.9
-        return probs, canvas
+    windows = fake_looks(spacings, lambda call: 0.55 if call == 1 else 0.9)
 
     monkeypatch.setattr(Pipeline, "_segment_windows", windows)
     bundle = bundle_with_heads(10, 10, 10, -10)
