@@ -216,9 +216,7 @@ def with_settings(config: ModelConfig, items: list[str]) -> ModelConfig:
             if value.lower() not in ("true", "false"):
                 raise ValueError(f"{item!r}: {name} is true or false")
             data[part][name] = value.lower() == "true"
-        elif name == "context_fusion":
-            if value not in CONTEXT_FUSIONS:
-                raise ValueError(f"{item!r}: {name} is one of {', '.join(CONTEXT_FUSIONS)}")
+        elif isinstance(current, str):
             data[part][name] = value
         else:
             try:
@@ -227,7 +225,9 @@ def with_settings(config: ModelConfig, items: list[str]) -> ModelConfig:
                 raise ValueError(f"{item!r}: {name} takes a number") from None
             if not math.isfinite(number):
                 raise ValueError(f"{item!r}: {name} takes a finite number")
-            if name == "context_gate_ml" and number < 0:
-                raise ValueError(f"{item!r}: {name} is a volume in mL, 0 or more")
             data[part][name] = number
+        try:  # a part's own checks (SegmenterConfig.__post_init__) judge the value, named with its item
+            type(getattr(config, part))(**data[part])
+        except ValueError as err:
+            raise ValueError(f"{item!r}: {err}") from None
     return ModelConfig.from_dict(data)

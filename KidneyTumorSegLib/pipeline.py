@@ -326,22 +326,21 @@ class Pipeline:
         if not cfg.second_look:
             return probs, canvas
         gated = cfg.context_gate_ml > 0
-        seeds = self._context_seeds(probs, canvas) if gated else None
+        seeds = patches.context_seeds(self._region(probs), canvas.voxel_volume_ml, cfg.context_gate_ml) if gated else None
         if gated and seeds is None:
             return probs, canvas
         wide, wide_canvas = self._look(ctx, volume, loc_grid, boxes, spacing * cfg.context_scale, (0.7, 0.15))
-        how, fine_looked, fine = cfg.context_fusion, None, probs
+        how, fine_looked = cfg.context_fusion, None
         if how == "widen":
             probs, canvas, fine_looked = self._widened(volume, probs, canvas, wide_canvas)
-            how, fine = "mean", probs
+            how = "mean"
             if seeds is not None:
                 grown = np.zeros(fine_looked.shape, bool)
                 grown[fine_looked] = seeds.ravel()  # the fine canvas is one block of the grown one
                 seeds = grown
-        fused = patches.fuse_scales(fine, canvas, wide, wide_canvas, how, fine_looked)
+        fused = patches.fuse_scales(probs, canvas, wide, wide_canvas, how, fine_looked)
         if seeds is not None:
-            pp = postprocess.PostprocessConfig.from_model(self.config)
-            fused = patches.gate_fusion(fine, fused, postprocess.region_mask(fused[0], fused[1], pp), seeds)
+            fused = patches.gate_fusion(probs, fused, self._region(fused), seeds)
         return fused, canvas
 
     def _look(self, ctx: RunContext, volume: Volume, loc_grid: Volume, boxes, spacing: np.ndarray, span):
@@ -356,11 +355,9 @@ class Pipeline:
             self._reused_windows[key] = looked
         return looked
 
-    def _context_seeds(self, probs: np.ndarray, canvas: Volume) -> np.ndarray | None:
-        """Where the fine look's region needs the coarse look (``segmenter.context_gate_ml``)."""
-        pp = postprocess.PostprocessConfig.from_model(self.config)
-        region = postprocess.region_mask(probs[0], probs[1], pp)
-        return patches.context_seeds(region, canvas.voxel_volume_ml, self.config.segmenter.context_gate_ml)
+    def _region(self, probs: np.ndarray) -> np.ndarray:
+        """The kidney-with-tumour region of stitched probabilities at this bundle's thresholds."""
+        return postprocess.region_mask(probs[0], probs[1], postprocess.PostprocessConfig.from_model(self.config))
 
     @staticmethod
     def _widened(volume: Volume, probs: np.ndarray, canvas: Volume, wide_canvas: Volume):
