@@ -33,6 +33,29 @@ DISPLACED_MM = (40.0, 150.0)  # --displaced: how far one kidney is moved caudall
 DISPLACED_VAL = 2  # --displaced: validation cases with a displaced kidney (from the validation masks)
 
 
+TUNING_POOL = REPO / "docs" / "evaluation" / "tuning_pool.json"
+
+
+def tuning_set(pool: dict) -> list[str]:
+    """The tuning pool's tuning set (every 10th mask from its 6th): choices are made on it, so no
+    training recipe may take its masks."""
+    return pool["masks"][5::10]
+
+
+def small_tumour_masks(n: int, max_ml: float, taken: set, rng) -> list[str]:
+    """``n`` masks of the tuning pool with a tumour of at most ``max_ml`` mL, drawn at random, never
+    from its tuning set nor among ``taken``: more small tumours to learn from, because the bundled
+    segmenter misses most tumours of 10 mL or less."""
+    if n <= 0:
+        return []
+    pool = json.loads(TUNING_POOL.read_text())
+    keep_out = set(tuning_set(pool)) | taken
+    small = [c for c in pool["masks"] if c not in keep_out and 0 < pool["tumour_ml"][c] <= max_ml]
+    if len(small) < n:
+        raise SystemExit(f"only {len(small)} pool masks have a tumour of at most {max_ml} mL; asked for {n}.")
+    return [small[i] for i in sorted(rng.permutation(len(small))[:n])]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fold", choices=sorted(REAL_FOLDS), required=True)
@@ -72,6 +95,10 @@ def main(argv=None) -> int:
                    help="share of segmenter patches centred on a tumour voxel")
     p.add_argument("--tumour-dice", choices=("batch", "sample"), default="batch",
                    help="the segmenter's tumour Dice over the batch, or per patch holding tumour")
+    p.add_argument("--small-tumour-masks", type=int, default=0,
+                   help="N more training masks from the tuning pool whose tumour is at most --small-tumour-ml, "
+                        "never from its tuning set (docs/evaluation/tuning_pool.json)")
+    p.add_argument("--small-tumour-ml", type=float, default=25.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
@@ -106,6 +133,7 @@ def main(argv=None) -> int:
     order = list(rng.permutation(len(pool)))
     val_m = [pool[i] for i in order[: args.val_masks]]
     train_m = [pool[i] for i in order[args.val_masks : args.val_masks + args.masks]]
+    train_m += small_tumour_masks(args.small_tumour_masks, args.small_tumour_ml, set(train_m + val_m), rng)
     masks = {c: data / ("kits19" if c in k19 else "kits23") / c / "segmentation.nii.gz" for c in train_m + val_m}
 
     bodies = {b: data / "anatomy" / "totalsegmentator" / b / "labels.nii.gz" for b in BODIES_WITH_KIDNEYS + KIDNEY_FREE_BODIES}
