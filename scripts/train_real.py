@@ -37,19 +37,21 @@ TUNING_POOL = REPO / "docs" / "evaluation" / "tuning_pool.json"
 
 
 def tuning_set(pool: dict) -> list[str]:
-    """The tuning pool's tuning set (every 10th mask from its 6th): choices are made on it, so no
-    training recipe may take its masks."""
+    """The tuning pool's tuning set (every 10th mask from its 6th of the pool as first written):
+    choices are made on it, so no training recipe may take its masks."""
     return pool["masks"][5::10]
 
 
-def small_tumour_masks(n: int, max_ml: float, taken: set, rng) -> list[str]:
+def small_tumour_masks(n: int, max_ml: float, taken: set, rng, pool_file: Path = TUNING_POOL) -> list[str]:
     """``n`` masks of the tuning pool with a tumour of at most ``max_ml`` mL, drawn at random, never
-    from its tuning set nor among ``taken``: more small tumours to learn from, because the bundled
-    segmenter misses most tumours of 10 mL or less."""
+    from its tuning set, from masks a round has since trained on (``trained_on``) nor among ``taken``:
+    more small tumours to learn from, because the bundled segmenter misses most tumours of 10 mL or less."""
     if n <= 0:
         return []
-    pool = json.loads(TUNING_POOL.read_text())
+    pool = json.loads(Path(pool_file).read_text())
     keep_out = set(tuning_set(pool)) | taken
+    for masks in pool.get("trained_on", {}).values():
+        keep_out |= set(masks)
     small = [c for c in pool["masks"] if c not in keep_out and 0 < pool["tumour_ml"][c] <= max_ml]
     if len(small) < n:
         raise SystemExit(f"only {len(small)} pool masks have a tumour of at most {max_ml} mL; asked for {n}.")
