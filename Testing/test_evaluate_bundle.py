@@ -73,3 +73,38 @@ def test_large_tumours_are_the_held_out_masks_over_the_volume_given(tmp_path):
     assert evaluate_bundle.held_out(data, "kits19") == ["case_00003", "case_00010", "case_00017"]
     assert evaluate_bundle.large_tumour_masks(data, 400.0) == {"kits19": ["case_00017", "case_00003"]}
     assert evaluate_bundle.large_tumour_masks(data, 1000.0) == {}
+
+
+def test_tuning_sets_run_per_set_and_dataset_and_add_up(tmp_path, capsys):
+    masks = [f"case_{i:05d}" for i in range(200, 230)]  # 10 KiTS19 masks, 20 KiTS23
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps({"masks": masks, "tumour_ml": {m: float(i) for i, m in enumerate(masks)}}))
+    calls = []
+
+    def cli(argv):  # stands in for `evaluate`: one case per call, its kidney Dice from the dataset
+        calls.append(argv)
+        ds = Path(argv[argv.index("--kits-masks") + 1]).name
+        kidney = 0.9 if ds == "kits19" else 0.6
+        Path(argv[argv.index("--out") + 1]).write_text(json.dumps({
+            "kidney_dice": {"n": 1, "mean": kidney}, "tumour_dice": {"n": 1, "mean": 0.5},
+            "false_tumour": {"ml_total": 1.0}, "tumours_found": {"> 40 mL": "1 of 1"}, "kidneys_found": "2 of 2"}))
+        return 0
+
+    args = argparse.Namespace(data=str(tmp_path), bundle="b.safetensors", threads="1", grid_mm="1.5,1.5,3.0",
+                              tuning_baseline=None)
+    assert evaluate_bundle.evaluate_tuning(cli, args, tmp_path, "BODIES", pool) == 0
+    outs = [Path(c[c.index("--out") + 1]).name for c in calls]
+    assert outs == [f"tuning_{s}_{ds}.json" for s in ("in_place", "displaced", "large") for ds in ("kits19", "kits23")]
+    assert [("--displace-kidney" in c) for c in calls] == [False, False, True, True, False, False]
+    # the tuning set (every 10th from the 6th): case_00205 in KiTS19, case_00215 and case_00225 in KiTS23
+    assert calls[0][calls[0].index("--cases") + 1] == "case_00205"
+    assert calls[1][calls[1].index("--cases") + 1] == "case_00215,case_00225"
+    # the large set: each dataset's six largest tumours, largest first
+    assert calls[5][calls[5].index("--cases") + 1] == ",".join(f"case_{i:05d}" for i in range(229, 223, -1))
+    summary = json.loads((tmp_path / "tuning_summary.json").read_text())
+    assert summary["in_place"]["cases"] == 2 and summary["in_place"]["kidney_dice"] == 0.75
+    assert summary["large"]["kidneys_found"] == "4 of 4" and summary["large"]["false_tumour_ml"] == 2.0
+
+    args.tuning_baseline = str(tmp_path / "tuning_summary.json")
+    assert evaluate_bundle.evaluate_tuning(cli, args, tmp_path, "BODIES", pool) == 0
+    assert "kidney_dice: 0.75 -> 0.75 (+0)" in capsys.readouterr().out

@@ -14,6 +14,10 @@ masks a training split validated on, painted and measured the same way. These ar
 ship decision may gate on (false tumour, kidneys found); the held-out ones stay the test.
 ``--large-tumours ML`` adds ``heldout_large_tumours_{kits19,kits23}.json``: every held-out mask of
 either dataset whose tumour is over ML mL (400 in the model card), painted the same way.
+``--tuning`` adds the tuning pool's sets (``KidneyTumorSegLib.training.tuning_pool``: in place,
+displaced, large; ``tuning_{set}_{dataset}.json``) and ``tuning_summary.json``, one row per set as
+the choice rules compare them; ``--tuning-baseline SUMMARY`` prints how each number moved from an
+earlier bundle's summary. These may choose; nothing else here does.
 A scan a network trained on is marked ``seen_in_training`` and must not be quoted.
 """
 
@@ -28,6 +32,7 @@ sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 KIDNEY_FREE = ["totalseg_s0002", "totalseg_s0003", "ircadb1_17:80-118"]
 DISPLACED_MM = "50,120"
+TUNING_POOL = REPO / "docs" / "evaluation" / "tuning_pool.json"
 
 
 def validation_masks(split_json: Path, data: Path) -> dict[str, list[str]]:
@@ -66,6 +71,32 @@ def large_tumour_masks(data: Path, min_ml: float) -> dict[str, list[str]]:
     return chosen
 
 
+def evaluate_tuning(cli, args, out: Path, bodies_at: str, pool_file: Path) -> int:
+    """The tuning pool's sets, one ``evaluate`` per set and dataset, then their combined rows."""
+    import json
+
+    from KidneyTumorSegLib.training import tuning_pool
+
+    data = Path(args.data)
+    summary = {}
+    for name, parts in tuning_pool.tuning_sets(tuning_pool.load_pool(pool_file)).items():
+        extra = ["--displace-kidney", tuning_pool.DISPLACED_MM] if name == "displaced" else []
+        files = []
+        for ds, masks in parts.items():
+            files.append(out / f"tuning_{name}_{ds}.json")
+            code = cli([*evaluate_command(args), "--kits-masks", str(data / ds), "--cases", ",".join(masks),
+                        "--in-bodies", bodies_at, "--grid-mm", args.grid_mm, *extra, "--out", str(files[-1])])
+            if code:
+                return code
+        summary[name] = tuning_pool.combine([json.loads(f.read_text()) for f in files])
+    (out / "tuning_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if args.tuning_baseline:
+        old = json.loads(Path(args.tuning_baseline).read_text())
+        for name, row in summary.items():
+            print(f"{name}:", *("  " + line for line in tuning_pool.compare(old.get(name, {}), row)), sep="\n")
+    return 0
+
+
 def evaluate_command(args) -> list[str]:
     """``evaluate`` for this bundle with these threads: the start of every command below."""
     return ["evaluate", "--weights", args.bundle, "--threads", args.threads]
@@ -98,6 +129,12 @@ def main(argv=None) -> int:
                    help="also every held-out mask whose tumour is over ML mL (KiTS19 and KiTS23)")
     p.add_argument("--validation", metavar="SPLIT_JSON",
                    help="a training run's split.json: also its validation masks, in place and displaced")
+    p.add_argument("--tuning", action="store_true",
+                   help="also the tuning pool's sets (in place, displaced, large) and their summary")
+    p.add_argument("--tuning-baseline", metavar="SUMMARY",
+                   help="an earlier tuning_summary.json: print how each number moved from it")
+    p.add_argument("--tuning-pool", default=str(TUNING_POOL), help=argparse.SUPPRESS)
+    p.add_argument("--no-real", action="store_true", help="skip the real CTs (and their variants)")
     args = p.parse_args(argv)
     from KidneyTumorSegLib.cli import main as cli
     from KidneyTumorSegLib.training.evaluate_real import derived_from_any
@@ -106,15 +143,17 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data)
     free = [a for spec in KIDNEY_FREE for a in ("--kidney-free", spec)]
-    code = cli([*evaluate_command(args), "--scans", str(data / "real_ct"), *free,
-                "--overlays", str(out / "overlays"), "--out", str(out / "real_ct.json")])
-    if not code and args.variants:
+    code = 0 if args.no_real else cli([*evaluate_command(args), "--scans", str(data / "real_ct"), *free,
+                                       "--overlays", str(out / "overlays"), "--out", str(out / "real_ct.json")])
+    if not code and args.variants and not args.no_real:
         whole_free = [spec for spec in KIDNEY_FREE if ":" not in spec]
         names = sorted(d.name for d in Path(args.variants).iterdir() if d.is_dir())
         free = [a for n in names if derived_from_any(n, whole_free) for a in ("--kidney-free", n)]
         code = cli([*evaluate_command(args), "--scans", args.variants, *free,
                     "--overlays", str(out / "variant_overlays"), "--out", str(out / "scanner_variants.json")])
     bodies_at = str(data / "anatomy" / "totalsegmentator") + ":s0001,s0004,s0006"
+    if not code and args.tuning:
+        code = evaluate_tuning(cli, args, out, bodies_at, Path(args.tuning_pool))
     if not code and args.validation:
         code = evaluate_validation(cli, args, out, bodies_at)
     if not code and args.large_tumours is not None:

@@ -36,28 +36,6 @@ DISPLACED_VAL = 2  # --displaced: validation cases with a displaced kidney (from
 TUNING_POOL = REPO / "docs" / "evaluation" / "tuning_pool.json"
 
 
-def tuning_set(pool: dict) -> list[str]:
-    """The tuning pool's tuning set (every 10th mask from its 6th of the pool as first written):
-    choices are made on it, so no training recipe may take its masks."""
-    return pool["masks"][5::10]
-
-
-def small_tumour_masks(n: int, max_ml: float, taken: set, rng, pool_file: Path = TUNING_POOL) -> list[str]:
-    """``n`` masks of the tuning pool with a tumour of at most ``max_ml`` mL, drawn at random, never
-    from its tuning set, from masks a round has since trained on (``trained_on``) nor among ``taken``:
-    more small tumours to learn from, because the bundled segmenter misses most tumours of 10 mL or less."""
-    if n <= 0:
-        return []
-    pool = json.loads(Path(pool_file).read_text())
-    keep_out = set(tuning_set(pool)) | taken
-    for masks in pool.get("trained_on", {}).values():
-        keep_out |= set(masks)
-    small = [c for c in pool["masks"] if c not in keep_out and 0 < pool["tumour_ml"][c] <= max_ml]
-    if len(small) < n:
-        raise SystemExit(f"only {len(small)} pool masks have a tumour of at most {max_ml} mL; asked for {n}.")
-    return [small[i] for i in sorted(rng.permutation(len(small))[:n])]
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fold", choices=sorted(REAL_FOLDS), required=True)
@@ -120,6 +98,7 @@ def main(argv=None) -> int:
     from KidneyTumorSegLib.training.sources import MultiSource
     from KidneyTumorSegLib.training.split import held_out_ids
     from KidneyTumorSegLib.training.transforms import AugmentConfig
+    from KidneyTumorSegLib.training.tuning_pool import load_pool, small_tumour_masks
 
     t0 = time.time()
     data = Path(args.data)
@@ -135,7 +114,9 @@ def main(argv=None) -> int:
     order = list(rng.permutation(len(pool)))
     val_m = [pool[i] for i in order[: args.val_masks]]
     train_m = [pool[i] for i in order[args.val_masks : args.val_masks + args.masks]]
-    train_m += small_tumour_masks(args.small_tumour_masks, args.small_tumour_ml, set(train_m + val_m), rng)
+    if args.small_tumour_masks:
+        train_m += small_tumour_masks(args.small_tumour_masks, args.small_tumour_ml, set(train_m + val_m), rng,
+                                      load_pool(TUNING_POOL))
     masks = {c: data / ("kits19" if c in k19 else "kits23") / c / "segmentation.nii.gz" for c in train_m + val_m}
 
     bodies = {b: data / "anatomy" / "totalsegmentator" / b / "labels.nii.gz" for b in BODIES_WITH_KIDNEYS + KIDNEY_FREE_BODIES}
