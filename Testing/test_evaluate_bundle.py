@@ -94,13 +94,15 @@ def test_tuning_sets_run_per_set_and_dataset_and_add_up(tmp_path, capsys):
                               tuning_baseline=None)
     assert evaluate_bundle.evaluate_tuning(cli, args, tmp_path, "BODIES", pool) == 0
     outs = [Path(c[c.index("--out") + 1]).name for c in calls]
-    assert outs == [f"tuning_{s}_{ds}.json" for s in ("in_place", "displaced", "large") for ds in ("kits19", "kits23")]
-    assert [("--displace-kidney" in c) for c in calls] == [False, False, True, True, False, False]
+    sets = ("in_place", "displaced", "missing", "large")
+    assert outs == [f"tuning_{s}_{ds}.json" for s in sets for ds in ("kits19", "kits23")]
+    assert [("--displace-kidney" in c) for c in calls] == [False, False, True, True, False, False, False, False]
+    assert [("--remove-kidney" in c) for c in calls] == [False, False, False, False, True, True, False, False]
     # the tuning set (every 10th from the 6th): case_00205 in KiTS19, case_00215 and case_00225 in KiTS23
     assert calls[0][calls[0].index("--cases") + 1] == "case_00205"
     assert calls[1][calls[1].index("--cases") + 1] == "case_00215,case_00225"
     # the large set: each dataset's six largest tumours, largest first
-    assert calls[5][calls[5].index("--cases") + 1] == ",".join(f"case_{i:05d}" for i in range(229, 223, -1))
+    assert calls[7][calls[7].index("--cases") + 1] == ",".join(f"case_{i:05d}" for i in range(229, 223, -1))
     summary = json.loads((tmp_path / "tuning_summary.json").read_text())
     assert summary["in_place"]["cases"] == 2 and summary["in_place"]["kidney_dice"] == 0.75
     assert summary["large"]["kidneys_found"] == "4 of 4" and summary["large"]["false_tumour_ml"] == 2.0

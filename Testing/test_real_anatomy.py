@@ -196,6 +196,9 @@ def test_surface_metrics_and_found_kidneys_on_known_masks():
     two[20:28, 20:28, 20:28] = True
     found = kidneys_found(truth, two)
     assert found["true_kidneys"] == 2 and found["found"] == 1
+    chip = truth.copy()
+    chip[25, 25, 25] = True  # a fragment of one voxel beside a solitary kidney is no second kidney
+    assert kidneys_found(truth, chip) == {"true_kidneys": 1, "found": 1, "coverage": [1.0]}
 
 
 def test_evaluate_scans_reports_dice_and_false_kidney_where_the_answer_is_known(tmp_path):
@@ -268,6 +271,31 @@ def test_a_displaced_kidney_is_painted_lower_and_nearer_the_midline_and_nothing_
     assert (z_plain - z_moved) * 2.0 == pytest.approx(d["down_mm"], abs=2.5)  # 2 mm slices; a few voxels may clip
     x_plain, x_moved = (np.argwhere(mover(a.array) > 0)[:, 2].mean() for a in (plain, moved))
     assert abs(x_moved - 45) <= abs(x_plain - 45)
+
+
+def test_a_removed_kidney_leaves_the_other_kidney_and_every_draw_as_they_were():
+    """--remove-kidney's painting: one side's kidney is gone (its fossa has no label), the other
+    side's labels and every draw of the painting are those of the same seed without it."""
+    body = toy_body()
+    plain_ct, plain, plain_info = paint_body(body, None, seed=3, config=PaintConfig(**STILL))
+    ct, solitary, info = paint_body(body, None, seed=3, config=PaintConfig(**STILL, missing_kidney=True))
+    assert {k: v for k, v in info.items() if k != "missing"} == plain_info
+    sides = {"right": lambda a: a[:, :, :45], "left": lambda a: a[:, :, 45:]}  # midline at x index 45
+    gone, kept = sides[info["missing"]["side"]], sides["left" if info["missing"]["side"] == "right" else "right"]
+    assert (gone(plain.array) > 0).sum() > 100 and not (gone(solitary.array) > 0).any()
+    np.testing.assert_array_equal(kept(solitary.array), kept(plain.array))
+    with pytest.raises(ValueError, match="not both"):
+        paint_body(body, None, seed=3, config=PaintConfig(**STILL, missing_kidney=True, displaced_kidney_mm=(20.0, 30.0)))
+
+
+def test_remove_kidney_needs_painted_bodies_and_no_displacement(tmp_path, capsys):
+    from KidneyTumorSegLib.cli import main
+
+    for args, words in ((["--remove-kidney"], "--in-bodies"),
+                        (["--remove-kidney", "--displace-kidney", "60,120", "--in-bodies", str(tmp_path)], "one of them")):
+        code = main(["evaluate", "--kits-masks", str(tmp_path), "--cases", "case_00000", *args])
+        err = capsys.readouterr().err
+        assert code != 0 and words in err and "Traceback" not in err
 
 
 def test_displace_kidney_needs_painted_bodies_and_two_distances(tmp_path, capsys):

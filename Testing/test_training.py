@@ -20,6 +20,7 @@ from KidneyTumorSegLib.training import losses, transforms
 from KidneyTumorSegLib.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from KidneyTumorSegLib.training.metrics import (
     dice,
+    false_kidney,
     false_tumour,
     plot_curves,
     read_csv,
@@ -71,6 +72,20 @@ def test_dice_known_values():
     scores = segmentation_dice(labels, truth)
     assert scores["kidney"] == pytest.approx(2 * 3 / (4 + 3))  # labels>0 vs truth>0
     assert scores["tumour"] == pytest.approx(2 * 1 / (2 + 1))
+
+
+def test_false_kidney_counts_only_regions_that_touch_no_true_kidney():
+    truth = np.zeros((6, 10, 10), np.uint8)
+    truth[1:4, 1:4, 1:4] = 1  # one kidney, with a tumour in it
+    truth[2, 2, 2] = 2
+    labels = np.zeros_like(truth)
+    labels[1:4, 1:3, 1:4] = 1  # the kidney, partly: never false kidney
+    labels[3, 2, 2] = 2
+    assert false_kidney(labels, truth, 0.5) == {"components": 0, "ml": 0.0}
+    labels[0:2, 6:9, 6:9] = 2  # a region in the empty fossa, labelled tumour: still false kidney
+    labels[5, 0, 9] = 1
+    assert false_kidney(labels, truth, 0.5) == {"components": 2, "ml": 9.5}
+    assert false_kidney(np.zeros_like(truth), truth, 0.5) == {"components": 0, "ml": 0.0}
 
 
 def test_false_tumour_counts_only_components_that_miss_the_true_tumour():

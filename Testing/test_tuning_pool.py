@@ -61,6 +61,7 @@ def test_the_sets_are_the_masks_the_choice_rules_measured():
         assert sets["in_place"][ds] == _measured_masks(f"tune_g300_{ds}.json")
         assert sets["displaced"][ds] == _measured_masks(f"tune_g300_displaced_{ds}.json")
         assert sets["large"][ds] == _measured_masks(f"large_g300_{ds}.json")
+        assert sets["missing"][ds] == sets["in_place"][ds]
     assert sum(len(m) for m in sets["in_place"].values()) == 30
 
 

@@ -14,8 +14,10 @@ masks a training split validated on, painted and measured the same way. These ar
 ship decision may gate on (false tumour, kidneys found); the held-out ones stay the test.
 ``--large-tumours ML`` adds ``heldout_large_tumours_{kits19,kits23}.json``: every held-out mask of
 either dataset whose tumour is over ML mL (400 in the model card), painted the same way.
+``--missing`` adds ``heldout_bodies_missing.json``, the held-out phantoms with one kidney taken out
+(a solitary kidney: the empty fossa shows false kidney).
 ``--tuning`` adds the tuning pool's sets (``KidneyTumorSegLib.training.tuning_pool``: in place,
-displaced, large; ``tuning_{set}_{dataset}.json``) and ``tuning_summary.json``, one row per set as
+displaced, missing a kidney, large; ``tuning_{set}_{dataset}.json``) and ``tuning_summary.json``, one row per set as
 the choice rules compare them; ``--tuning-baseline SUMMARY`` prints how each number moved from an
 earlier bundle's summary. These may choose; nothing else here does.
 A scan a network trained on is marked ``seen_in_training`` and must not be quoted.
@@ -80,7 +82,7 @@ def evaluate_tuning(cli, args, out: Path, bodies_at: str, pool_file: Path) -> in
     data = Path(args.data)
     summary = {}
     for name, parts in tuning_pool.tuning_sets(tuning_pool.load_pool(pool_file)).items():
-        extra = ["--displace-kidney", tuning_pool.DISPLACED_MM] if name == "displaced" else []
+        extra = tuning_pool.SET_OPTIONS.get(name, [])
         files = []
         for ds, masks in parts.items():
             files.append(out / f"tuning_{name}_{ds}.json")
@@ -124,6 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--variants", help="a folder of scanner variants (scripts/scanner_variants.py) to evaluate too")
     p.add_argument("--displaced", action="store_true", help="also the held-out phantoms with a displaced kidney")
+    p.add_argument("--missing", action="store_true", help="also the held-out phantoms with one kidney taken out")
     p.add_argument("--threads", default="2", help="CPU threads for the networks")
     p.add_argument("--large-tumours", type=float, metavar="ML",
                    help="also every held-out mask whose tumour is over ML mL (KiTS19 and KiTS23)")
@@ -167,10 +170,12 @@ def main(argv=None) -> int:
     bodies = ["--kits-masks", str(data / "kits19"), "--cases", ",".join(held),
               "--in-bodies", bodies_at, "--grid-mm", args.grid_mm]
     code = cli([*evaluate_command(args), *bodies, "--out", str(out / "heldout_bodies.json")])
-    if code or not args.displaced:
-        return code
-    return cli([*evaluate_command(args), *bodies, "--displace-kidney", DISPLACED_MM,
-                "--out", str(out / "heldout_bodies_displaced.json")])
+    if not code and args.displaced:
+        code = cli([*evaluate_command(args), *bodies, "--displace-kidney", DISPLACED_MM,
+                    "--out", str(out / "heldout_bodies_displaced.json")])
+    if not code and args.missing:
+        code = cli([*evaluate_command(args), *bodies, "--remove-kidney", "--out", str(out / "heldout_bodies_missing.json")])
+    return code
 
 
 if __name__ == "__main__":

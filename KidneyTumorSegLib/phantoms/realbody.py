@@ -110,11 +110,13 @@ def _sides_of(mask: np.ndarray, grid_x: np.ndarray, midline_x: float | None = No
 @dataclass(frozen=True)
 class Displacement:
     """One kidney moved from its fossa, in voxels of the painting grid: ``down`` slices caudally and
-    ``medial`` columns towards the midline (a low or pelvic kidney)."""
+    ``medial`` columns towards the midline (a low or pelvic kidney); or, ``removed``, taken out
+    altogether (a solitary kidney on the other side, as after a nephrectomy)."""
 
     side: str
     down: int
     medial: int
+    removed: bool = False
 
 
 def _paste(labels: np.ndarray, part: np.ndarray, shift) -> None:
@@ -132,7 +134,7 @@ def place_kidneys(tissue_ids: np.ndarray, body_ids: np.ndarray, body: Body, kits
     """Labels 0/1/2 on the grid: each body kidney replaced by the same side of ``kits`` (moved so the
     centres coincide), or kept as the body's own kidney shape when ``kits`` is None or lacks it.
     The removed body kidney becomes perirenal fat; the inserted kidney overwrites soft organs.
-    ``displaced`` moves one side's kidney further, away from the body's kidney position."""
+    ``displaced`` moves one side's kidney further, away from the body's kidney position, or removes it."""
     labels = np.zeros(body_ids.shape, np.uint8)
     kits_sides = {}
     if kits is not None:
@@ -143,6 +145,8 @@ def place_kidneys(tissue_ids: np.ndarray, body_ids: np.ndarray, body: Body, kits
         if not own.any():
             continue
         tissue_ids[own] = ts.FAT
+        if displaced is not None and displaced.side == side and displaced.removed:
+            continue  # its fossa stays perirenal fat
         part = kits_sides.get(side)
         move = np.zeros(3, int)
         if displaced is not None and displaced.side == side:  # LPS: +z superior, the right side at low x
@@ -274,6 +278,9 @@ class PaintConfig:
     # (lo, hi) mm: one kidney, of a random side, moved this far caudally (and up to 30 % of its
     # distance to the midline medially), as a low or pelvic kidney lies; None: kidneys where the body has them
     displaced_kidney_mm: tuple[float, float] | None = None
+    # one kidney, of a random side, removed (its fossa left as fat): a solitary kidney, as after a
+    # nephrectomy; not together with displaced_kidney_mm
+    missing_kidney: bool = False
 
 
 def _displacement(rng: np.random.Generator, cfg: PaintConfig, ids: np.ndarray, body: Body, sp_zyx) -> Displacement | None:
@@ -282,6 +289,8 @@ def _displacement(rng: np.random.Generator, cfg: PaintConfig, ids: np.ndarray, b
     if not sides:
         return None
     side = str(rng.choice(sides))
+    if cfg.missing_kidney:
+        return Displacement(side, 0, 0, removed=True)
     own_x = np.argwhere(ids == body.kidney_ids[side])[:, 2].mean()
     body_x = np.argwhere(ids > 0)[:, 2].mean()
     down_mm = rng.uniform(*cfg.displaced_kidney_mm)
@@ -305,7 +314,10 @@ def paint_body(body: Body, kits: Volume | None, seed: int, config: PaintConfig |
     sp_zyx = tuple(cfg.spacing_mm[::-1])
     tissue, inside = body_tissues(ids, body, sp_zyx, r_tis)
     grid = Grid(*[ids_vol.origin[i] + cfg.spacing_mm[i] * np.arange(ids.shape[2 - i]) for i in range(3)])
-    displaced = _displacement(r_move, cfg, ids, body, sp_zyx) if cfg.displaced_kidney_mm else None
+    if cfg.missing_kidney and cfg.displaced_kidney_mm:
+        raise ValueError("a painted body has one kidney displaced or one kidney missing, not both")
+    moved = cfg.displaced_kidney_mm or cfg.missing_kidney
+    displaced = _displacement(r_move, cfg, ids, body, sp_zyx) if moved else None
     labels = place_kidneys(tissue, ids, body, kits, r_kid, kits_midline_x, displaced)
     if cfg.table_prob and r_tis.random() < cfg.table_prob:
         rows = np.nonzero(inside.any(axis=(0, 2)))[0]
@@ -346,7 +358,9 @@ def paint_body(body: Body, kits: Volume | None, seed: int, config: PaintConfig |
     np.clip(ct, -1024, 3071, out=ct)
     info = {"phase": draw.phase, "tumour_type": draw.tumour_type, "thickness_mm": float(thickness),
             "pixel_mm": float(pixel), "noise_sd": noise_sd, "body": body.name}
-    if displaced is not None:
+    if displaced is not None and displaced.removed:
+        info["missing"] = {"side": displaced.side}
+    elif displaced is not None:
         info["displaced"] = {"side": displaced.side, "down_mm": displaced.down * sp_zyx[0],
                              "medial_mm": displaced.medial * sp_zyx[2]}
     geo = dict(spacing=cfg.spacing_mm, origin=ids_vol.origin, direction=np.eye(3))

@@ -410,6 +410,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--displace-kidney", metavar="LO,HI",
                    help="with --in-bodies: move one kidney of each phantom LO to HI mm caudally (and somewhat "
                    "medially), as a low or pelvic kidney lies")
+    p.add_argument("--remove-kidney", action="store_true",
+                   help="with --in-bodies: take one kidney of each phantom out (a solitary kidney, as after a "
+                   "nephrectomy); its empty fossa is where false kidney shows")
     p.add_argument("--seed", type=int, default=0, help="random seed of the phantoms")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=_positive_threads, metavar="N",
@@ -517,6 +520,10 @@ def run_evaluate(args) -> int:
     displaced = _displacement_mm(args.displace_kidney)
     if displaced and not args.in_bodies:
         raise InputError("--displace-kidney moves kidneys in painted bodies: give --in-bodies as well.")
+    if args.remove_kidney and not args.in_bodies:
+        raise InputError("--remove-kidney takes kidneys out of painted bodies: give --in-bodies as well.")
+    if args.remove_kidney and displaced:
+        raise InputError("--remove-kidney and --displace-kidney each change one kidney; give one of them.")
     masks = {}
     if args.kits_masks:
         cases = parse_cases(args.cases)
@@ -540,7 +547,7 @@ def run_evaluate(args) -> int:
             bodies = [b for b in bodies if b.parent.name in names.split(",")]
         if not bodies:
             raise InputError(f"{args.in_bodies} names no body label map (CASE/labels.nii.gz).")
-        cases = real_body_cases(masks, bodies, args.seed, grid, displaced)
+        cases = real_body_cases(masks, bodies, args.seed, grid, displaced, args.remove_kidney)
     else:
         cases = heldout_cases(masks, args.procedural, args.seed, grid)
     report = evaluate(bundle, cases, args.device, bar, n, sets)
@@ -552,7 +559,8 @@ def run_evaluate(args) -> int:
             f"{label}{n} cases: kidney Dice mean {_f(summary['kidney_dice']['mean'])} median "
             f"{_f(summary['kidney_dice']['median'])}; tumour Dice mean {_f(summary['tumour_dice']['mean'])} median "
             f"{_f(summary['tumour_dice']['median'])}; false tumour {summary['false_tumour']['ml_total']:.1f} mL in "
-            f"{summary['false_tumour']['components']} component(s) in {summary['false_tumour']['cases_with_any']} case(s)"
+            f"{summary['false_tumour']['components']} component(s) in {summary['false_tumour']['cases_with_any']} case(s); "
+            f"false kidney {summary['false_kidney']['ml_total']:.1f} mL in {summary['false_kidney']['cases_with_any']} case(s)"
         )
     _write_report(report, args.out)
     return 0

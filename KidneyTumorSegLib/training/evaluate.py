@@ -21,7 +21,14 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..volume import Volume
-from .metrics import false_tumour, kidneys_found, segmentation_dice, tumours_found, tumours_found_by_size
+from .metrics import (
+    false_kidney,
+    false_tumour,
+    kidneys_found,
+    segmentation_dice,
+    tumours_found,
+    tumours_found_by_size,
+)
 from .real_sources import mask_of
 from .seeds import stable_seed
 
@@ -69,23 +76,25 @@ def heldout_cases(
         yield f"eval_proc_{i:04d}", ct, truth
 
 
-def real_body_phantom(body, mask_path, case_id: str, seed: int, grid_mm=DEFAULT_GRID_MM, displaced_mm=None):
+def real_body_phantom(body, mask_path, case_id: str, seed: int, grid_mm=DEFAULT_GRID_MM, displaced_mm=None,
+                      missing_kidney: bool = False):
     """(ct, truth, draw) for one mask painted into a real body (a ``phantoms.bodies.Body``) on a
     CT-like grid: the body's whole field of view, deformed as a training draw is (its own seed), its
     kidneys replaced by the mask's, in a contrast phase (the tumour targets are for contrast CT).
-    ``displaced_mm`` (lo, hi): one kidney moved that far caudally, a low or pelvic kidney."""
+    ``displaced_mm`` (lo, hi): one kidney moved that far caudally, a low or pelvic kidney;
+    ``missing_kidney``: one kidney removed, a solitary kidney."""
     from ..phantoms.realbody import PaintConfig, paint_body
     from .real_sources import kits_on_grid
 
     kits, midline = kits_on_grid(Path(mask_path), grid_mm)
     config = PaintConfig(spacing_mm=tuple(grid_mm), z_fov_mm=None, mode_weights=(1.0, 0.0, 0.0),  # contrast CT
-                         displaced_kidney_mm=displaced_mm)
+                         displaced_kidney_mm=displaced_mm, missing_kidney=missing_kidney)
     ct, truth, info = paint_body(body, kits, stable_seed(seed, "eval-body", case_id), config, midline)
     return ct, truth, info
 
 
 def real_body_cases(masks: dict[str, Path], bodies: list[Path], seed: int = 0, grid_mm=DEFAULT_GRID_MM,
-                    displaced_mm=None) -> Iterator[tuple[str, Volume, Volume, dict]]:
+                    displaced_mm=None, missing_kidney: bool = False) -> Iterator[tuple[str, Volume, Volume, dict]]:
     """Held-out masks painted into real bodies, the bodies taken in turn; ids ``body@case``. Each
     body's label map is read once. Each item also carries the painting's draw (phase, tumour type,
     slice thickness, ...), which the report keeps so that results can be read per draw."""
@@ -96,7 +105,7 @@ def real_body_cases(masks: dict[str, Path], bodies: list[Path], seed: int = 0, g
         body_path = Path(bodies[i % len(bodies)])
         if body_path not in read:
             read[body_path] = read_body(body_path)
-        ct, truth, info = real_body_phantom(read[body_path], path, case_id, seed, grid_mm, displaced_mm)
+        ct, truth, info = real_body_phantom(read[body_path], path, case_id, seed, grid_mm, displaced_mm, missing_kidney)
         yield f"{body_path.parent.name}@{case_id}", ct, truth, info
 
 
@@ -213,6 +222,7 @@ def _scored(case_id: str, result, truth: Volume, seconds: float, seen: bool, dra
     ``kidneys_found`` counts for the summary."""
     scores = segmentation_dice(result.labels.array, truth.array)
     false = false_tumour(result.labels.array, truth.array, truth.voxel_volume_ml)
+    no_kidney = false_kidney(result.labels.array, truth.array, truth.voxel_volume_ml)
     found = kidneys_found(result.labels.array > 0, truth.array > 0)
     lesions = tumours_found(result.labels.array == 2, truth.array == 2, truth.voxel_volume_ml)
     return {
@@ -225,6 +235,7 @@ def _scored(case_id: str, result, truth: Volume, seconds: float, seen: bool, dra
         "tumours_found": lesions,
         "false_tumour_components": false["components"],
         "false_tumour_ml": round(false["ml"], 2),
+        "false_kidney_ml": round(no_kidney["ml"], 2),
         "seconds": round(seconds, 2),
         "seen_in_training": seen,
         "contrast_detected": (result.report.get("contrast") or {}).get("phase"),
@@ -249,6 +260,10 @@ def _summary(per_case: list[dict], founds: list[dict]) -> dict:
             "cases_with_any": sum(1 for c in per_case if c["false_tumour_components"]),
             "components": sum(c["false_tumour_components"] for c in per_case),
             "ml_total": round(sum(c["false_tumour_ml"] for c in per_case), 2),
+        },
+        "false_kidney": {
+            "cases_with_any": sum(1 for c in per_case if c["false_kidney_ml"] > 0),
+            "ml_total": round(sum(c["false_kidney_ml"] for c in per_case), 2),
         },
         "kidneys_found": f"{sum(f['found'] for f in founds)} of {sum(f['true_kidneys'] for f in founds)}",
         "note": "tumour Dice summarised over cases whose truth has a tumour; a kidney is found when "

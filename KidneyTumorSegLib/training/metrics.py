@@ -64,6 +64,23 @@ def false_tumour(labels, truth, voxel_ml: float) -> dict:
     return {"components": int(false.size), "ml": voxels * float(voxel_ml)}
 
 
+def false_kidney(labels, truth, voxel_ml: float) -> dict:
+    """Predicted kidney (or tumour) where there is no kidney: the connected components of
+    ``labels > 0`` touching no true kidney voxel, counted and measured (mL). A spleen or liver
+    labelled in an empty renal fossa (a removed, missing or displaced kidney) shows here; Dice over
+    the case mixes it with the true kidney's outline."""
+    from scipy import ndimage
+
+    pred = np.asarray(labels) > 0
+    comps, n = ndimage.label(pred)
+    if n == 0:
+        return {"components": 0, "ml": 0.0}
+    touching = np.unique(comps[pred & (np.asarray(truth) > 0)])
+    false = np.setdiff1d(np.arange(1, n + 1), touching)
+    voxels = int(np.isin(comps, false).sum()) if false.size else 0
+    return {"components": int(false.size), "ml": voxels * float(voxel_ml)}
+
+
 def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
     """The whole history, rewritten each epoch (a resumed run rewrites it from its checkpoints)."""
     from ..io import atomic_output
@@ -157,14 +174,16 @@ def _num(value):
     return v if math.isfinite(v) else None
 
 
-def kidneys_found(pred: np.ndarray, truth: np.ndarray, min_overlap: float = 0.3) -> dict:
+def kidneys_found(pred: np.ndarray, truth: np.ndarray, min_overlap: float = 0.3, min_share: float = 0.05) -> dict:
     """Each true kidney component (largest two) and whether the prediction covers >= ``min_overlap``
-    of it, ordered by x (LPS: the patient's right kidney first)."""
+    of it, ordered by x (LPS: the patient's right kidney first). A component under ``min_share`` of
+    the largest is a fragment (a few voxels cut off where a kidney meets bone), not a second kidney:
+    with one kidney, it would otherwise count as a kidney missed."""
     comps, n = ndimage.label(truth)
     if n == 0:
         return {"true_kidneys": 0, "found": 0}
     sizes = ndimage.sum(truth, comps, np.arange(1, n + 1))
-    keep = np.argsort(sizes)[::-1][:2] + 1
+    keep = [i + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] >= min_share * sizes.max()]
     cover = [float((pred & (comps == c)).sum()) / float((comps == c).sum()) for c in keep]
     return {"true_kidneys": int(len(keep)), "found": int(sum(c >= min_overlap for c in cover)),
             "coverage": [round(c, 3) for c in cover]}

@@ -14,8 +14,10 @@ from pathlib import Path
 KITS19_CASES = 210  # KiTS19's masks are case_00000-00209; the shared KiTS23 folder holds case_00210 on
 IN_PLACE_N = 30  # every rule since 2026-12-01 19:25 took the tuning set's first 30 masks (14 KiTS19, 16 KiTS23)
 LARGE_PER_DATASET = 6  # the large-tumour set: each dataset's 6 pool masks with the largest tumours
-SETS = ("in_place", "displaced", "large")
+SETS = ("in_place", "displaced", "missing", "large")
 DISPLACED_MM = "50,120"  # the displaced set: the in-place masks with one kidney moved this far caudally
+# what each set adds to ``evaluate``'s painting (the missing set: the in-place masks, one kidney taken out)
+SET_OPTIONS = {"displaced": ["--displace-kidney", DISPLACED_MM], "missing": ["--remove-kidney"]}
 
 
 def load_pool(path) -> dict:
@@ -41,13 +43,14 @@ def by_dataset(masks) -> dict[str, list[str]]:
 
 
 def tuning_sets(pool: dict) -> dict[str, dict[str, list[str]]]:
-    """The sets the choice rules measure, per dataset: ``in_place`` and ``displaced`` (the same masks,
-    one kidney moved ``DISPLACED_MM``) and ``large`` (each dataset's largest pool tumours)."""
+    """The sets the choice rules measure, per dataset: ``in_place``, ``displaced`` and ``missing`` (the
+    same masks, one kidney moved ``DISPLACED_MM`` or taken out) and ``large`` (each dataset's largest
+    pool tumours)."""
     in_place = by_dataset(tuning_set(pool)[:IN_PLACE_N])
     ml = pool["tumour_ml"]
     large = {ds: sorted(masks, key=lambda m: -ml[m])[:LARGE_PER_DATASET]
              for ds, masks in by_dataset(pool["masks"]).items()}
-    return {"in_place": in_place, "displaced": in_place, "large": large}
+    return {"in_place": in_place, "displaced": in_place, "missing": in_place, "large": large}
 
 
 def small_tumour_masks(n: int, max_ml: float, taken: set, rng, pool: dict) -> list[str]:
@@ -78,6 +81,8 @@ def combine(results: list[dict]) -> dict:
         n = sum(r[key]["n"] for r in results)
         row[key] = round(sum(r[key]["mean"] * r[key]["n"] for r in results) / n, 4) if n else None
     row["false_tumour_ml"] = round(sum(r["false_tumour"]["ml_total"] for r in results), 1)
+    if all("false_kidney" in r for r in results):  # rows written before it was measured lack it
+        row["false_kidney_ml"] = round(sum(r["false_kidney"]["ml_total"] for r in results), 1)
     bins: dict[str, list[int]] = {}
     for r in results:
         for size, text in r["tumours_found"].items():
@@ -94,7 +99,7 @@ def combine(results: list[dict]) -> dict:
 def compare(old: dict, new: dict) -> list[str]:
     """Lines saying how each number of a combined row moved from ``old`` to ``new``."""
     lines = []
-    for key in ("kidney_dice", "tumour_dice", "false_tumour_ml"):
+    for key in ("kidney_dice", "tumour_dice", "false_tumour_ml", "false_kidney_ml"):
         a, b = old.get(key), new.get(key)
         if a is not None and b is not None:
             lines.append(f"{key}: {a} -> {b} ({b - a:+.4g})")
