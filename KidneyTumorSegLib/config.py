@@ -90,6 +90,10 @@ class SegmenterConfig:
     # of at least this volume or one touching the canvas's side, and counts only around such parts:
     # elsewhere the fine look, which is right about normal and low-lying kidneys, stands.
     context_gate_ml: float = 0.0
+    # A kidney region is kept only if the segmenter's mean region probability over it is at least
+    # this (0 = every region): a spleen, liver or bowel loop in an empty renal fossa is segmented
+    # with less conviction than a kidney. docs/evaluation/solitary_kidney/.
+    min_region_confidence: float = 0.0
 
     def __post_init__(self):
         # A header written by hand (or by a later version) is refused when loaded, not mid-run.
@@ -97,6 +101,8 @@ class SegmenterConfig:
             raise ValueError(f"context_fusion is one of {', '.join(CONTEXT_FUSIONS)}, not {self.context_fusion!r}")
         if not self.context_gate_ml >= 0:
             raise ValueError(f"context_gate_ml is a volume in mL, 0 or more, not {self.context_gate_ml!r}")
+        if not 0 <= self.min_region_confidence < 1:
+            raise ValueError(f"min_region_confidence is a probability in [0, 1), not {self.min_region_confidence!r}")
 
     @property
     def second_look(self) -> bool:
@@ -109,7 +115,7 @@ class SegmenterConfig:
 # (scripts/merge_bundle.py --set); a fine-tune may start from a bundle whose settings differ.
 INFERENCE_SETTINGS = frozenset({"threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "min_tumour_ml",
                                 "margin_mm", "min_component_ml", "overlap", "context_scale",
-                                "context_fusion", "context_gate_ml"})
+                                "context_fusion", "context_gate_ml", "min_region_confidence"})
 # The inference settings that leave the segmenter's outputs for given boxes unchanged (they act on
 # the localisers' boxes or on the post-processing): a sweep over them can reuse those outputs.
 REUSABLE_SEGMENTER_SETTINGS = INFERENCE_SETTINGS - {"mirror_x", "overlap", "context_scale", "context_fusion",

@@ -29,6 +29,7 @@ class PostprocessConfig:
     min_kidney_ml: float = 5.0
     min_tumour_ml: float = 0.05
     max_kidneys: int = 2
+    min_confidence: float = 0.0  # a region's mean region probability must reach this (0: no check)
 
     @classmethod
     def from_model(cls, config) -> PostprocessConfig:
@@ -39,6 +40,7 @@ class PostprocessConfig:
             tumour_threshold=config.segmenter.tumour_threshold,
             min_kidney_ml=config.xy_localiser.min_component_ml,
             min_tumour_ml=config.segmenter.min_tumour_ml,
+            min_confidence=config.segmenter.min_region_confidence,
         )
 
 
@@ -62,7 +64,8 @@ def labels_from_probabilities(
     reach well beyond the kidney boxes, so without this a liver or spleen blob that only the
     segmenter sees, and that is larger than the kidney beside it, takes that side's place.
     ``exclude`` masks regions judged implausible (whole regions, as an earlier call kept them);
-    they are never kept, so the next best region takes their side."""
+    they are never kept, so the next best region takes their side. With ``cfg.min_confidence`` a
+    region whose mean region probability falls below it is not kept either."""
     cfg = cfg or PostprocessConfig()
     tumour = p_tumour >= cfg.tumour_threshold
     region = region_mask(p_region, p_tumour, cfg)
@@ -76,6 +79,9 @@ def labels_from_probabilities(
     kidney_ml = ndimage.sum(region & ~tumour, comps, index) * voxel_ml
     rank_ml = ndimage.sum(region if support is None else region & support, comps, index) * voxel_ml
     keep = [i for i in index if kidney_ml[i - 1] >= cfg.min_kidney_ml and rank_ml[i - 1] > 0]
+    if cfg.min_confidence > 0 and keep:
+        conviction = ndimage.mean(p_region, comps, keep)
+        keep = [i for i, c in zip(keep, conviction) if c >= cfg.min_confidence]
     keep = sorted(keep, key=lambda i: -rank_ml[i - 1])
     if midline_x_index is not None and cfg.max_kidneys == 2 and len(keep) > 2:
         centre_x = ndimage.center_of_mass(region, comps, keep)
