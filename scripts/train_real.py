@@ -31,9 +31,25 @@ KIDNEY_FREE_BODIES = ("s0000",)
 REAL_FOLDS = {"ircadb": ["totalseg_s0009"], "totalseg": ["ircadb1_1"], "none": ["ircadb1_1", "totalseg_s0009"]}
 DISPLACED_MM = (40.0, 150.0)  # --displaced: how far one kidney is moved caudally
 DISPLACED_VAL = 2  # --displaced: validation cases with a displaced kidney (from the validation masks)
+MISSING_VAL = 1  # --missing: validation cases with a kidney taken out
 
 
 TUNING_POOL = REPO / "docs" / "evaluation" / "tuning_pool.json"
+
+
+def changed_kidney_pairs(prefix: str, n: int, n_val: int, train_m: list, val_m: list, shared: list, masks: dict,
+                         offset: int) -> list[tuple[str, str]]:
+    """(body, mask id) pairs of extra painted cases with one kidney changed (moved or taken out):
+    ``n`` training masks and ``n_val`` validation masks under ids of their own (``{prefix}N``,
+    ``{prefix}valN``, added to ``masks``), so the other cases' ids and cache stay as they were."""
+    pairs = []
+    for i in range(n):
+        masks[f"{prefix}{i}"] = masks[train_m[i % len(train_m)]]
+        pairs.append((shared[(i + offset) % len(shared)], f"{prefix}{i}"))
+    for i in range(n_val):  # validation sees them too, so a run is judged on them
+        masks[f"{prefix}val{i}"] = masks[val_m[i % len(val_m)]]
+        pairs.append((shared[(i + offset + 2) % len(shared)], f"{prefix}val{i}"))
+    return pairs
 
 
 def main(argv=None) -> int:
@@ -71,6 +87,8 @@ def main(argv=None) -> int:
                    "that starts near its best ends after about three drops, so a longer run needs more")
     p.add_argument("--displaced", type=int, default=0,
                    help="extra painted cases with one kidney moved %g-%g mm caudally (a low or pelvic kidney)" % DISPLACED_MM)
+    p.add_argument("--missing", type=int, default=0,
+                   help="extra painted cases with one kidney taken out (a solitary kidney): the empty fossa as a negative")
     p.add_argument("--tumour-fraction", type=float, default=0.4,
                    help="share of segmenter patches centred on a tumour voxel")
     p.add_argument("--tumour-dice", choices=("batch", "sample"), default="batch",
@@ -88,6 +106,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from KidneyTumorSegLib.config import ModelConfig
     from KidneyTumorSegLib.labelled_scans import find_scans
+    from KidneyTumorSegLib.phantoms.realbody import PaintConfig
     from KidneyTumorSegLib.training import NETWORKS
     from KidneyTumorSegLib.training.case_cache import load_cases
     from KidneyTumorSegLib.training.cli import ProgressBar, epoch_line, parse_networks, write_run_bundle
@@ -145,21 +164,17 @@ def main(argv=None) -> int:
     scans = find_scans(data / "real_ct", names=set(real_train))
     real = RealScanSource(scans, args.real_repeats)
     sources = [painted, real]
-    displaced_ids, displaced_val = [], []
-    if args.displaced:  # extra cases of their own (ids body@dispN), so the other cases' cache stays valid
-        from KidneyTumorSegLib.phantoms.realbody import PaintConfig
-
-        pairs = []
-        for i in range(args.displaced):
-            masks[f"disp{i}"] = masks[train_m[i % len(train_m)]]
-            pairs.append((shared[(i + 3) % len(shared)], f"disp{i}"))
-        for i in range(DISPLACED_VAL):  # validation sees displaced kidneys too, so a run is judged on them
-            masks[f"dispval{i}"] = masks[val_m[i % len(val_m)]]
-            pairs.append((shared[(i + 5) % len(shared)], f"dispval{i}"))
-        moved = RealBodySource(bodies, pairs, masks, seed=args.seed, paint_config=PaintConfig(displaced_kidney_mm=DISPLACED_MM))
-        sources.append(moved)
-        displaced_val = [c for c in moved.case_ids() if "@dispval" in c]
-        displaced_ids = [c for c in moved.case_ids() if c not in displaced_val]
+    changed_ids, changed_val = [], []
+    for prefix, n, n_val, paint, offset in (("disp", args.displaced, DISPLACED_VAL, {"displaced_kidney_mm": DISPLACED_MM}, 3),
+                                            ("miss", args.missing, MISSING_VAL, {"missing_kidney": True}, 4)):
+        if not n:
+            continue
+        pairs = changed_kidney_pairs(prefix, n, n_val, train_m, val_m, shared, masks, offset)
+        changed = RealBodySource(bodies, pairs, masks, seed=args.seed, paint_config=PaintConfig(**paint))
+        sources.append(changed)
+        val = [c for c in changed.case_ids() if f"@{prefix}val" in c]
+        changed_val += val
+        changed_ids += [c for c in changed.case_ids() if c not in val]
     procedural = []
     if args.procedural:
         from KidneyTumorSegLib.training.sources import PhantomSource
@@ -170,8 +185,8 @@ def main(argv=None) -> int:
         procedural = old.case_ids()
     source = MultiSource(sources)
     val_ids = {f"{b}@{m}" for b, m in val_pairs}
-    split = {"train": [c for c in painted.case_ids() if c not in val_ids] + real.case_ids() + procedural + displaced_ids,
-             "val": sorted(val_ids) + displaced_val, "excluded": sorted(held), "held_out_real": sorted(
+    split = {"train": [c for c in painted.case_ids() if c not in val_ids] + real.case_ids() + procedural + changed_ids,
+             "val": sorted(val_ids) + changed_val, "excluded": sorted(held), "held_out_real": sorted(
                  {"ircadb1_1", "totalseg_s0009"} - set(real_train)) + ["totalseg_s0002", "totalseg_s0003", "ircadb1_17"]}
     split_path = out / "split.json"
     if args.resume and split_path.exists():
