@@ -31,9 +31,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from KidneyTumorSegLib.training.tuning_pool import SET_OPTIONS  # noqa: E402  (the held-out sets change a kidney as the tuning sets do)
+
 DATA = REPO.parent / "shared" / "data"
 KIDNEY_FREE = ["totalseg_s0002", "totalseg_s0003", "ircadb1_17:80-118"]
-DISPLACED_MM = "50,120"
 TUNING_POOL = REPO / "docs" / "evaluation" / "tuning_pool.json"
 
 
@@ -82,7 +83,7 @@ def evaluate_tuning(cli, args, out: Path, bodies_at: str, pool_file: Path) -> in
     data = Path(args.data)
     summary = {}
     for name, parts in tuning_pool.tuning_sets(tuning_pool.load_pool(pool_file)).items():
-        extra = tuning_pool.SET_OPTIONS.get(name, [])
+        extra = SET_OPTIONS.get(name, [])
         files = []
         for ds, masks in parts.items():
             files.append(out / f"tuning_{name}_{ds}.json")
@@ -110,7 +111,7 @@ def evaluate_validation(cli, args, out: Path, bodies_at: str) -> int:
         bodies = ["--kits-masks", str(data / ds), "--cases", ",".join(masks), "--in-bodies", bodies_at,
                   "--grid-mm", args.grid_mm]
         for extra, name in (([], f"validation_bodies_{ds}.json"),
-                            (["--displace-kidney", DISPLACED_MM], f"validation_bodies_{ds}_displaced.json")):
+                            (SET_OPTIONS["displaced"], f"validation_bodies_{ds}_displaced.json")):
             code = cli([*evaluate_command(args), *bodies, *extra, "--out", str(out / name)])
             if code:
                 return code
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--validation", metavar="SPLIT_JSON",
                    help="a training run's split.json: also its validation masks, in place and displaced")
     p.add_argument("--tuning", action="store_true",
-                   help="also the tuning pool's sets (in place, displaced, large) and their summary")
+                   help="also the tuning pool's sets (in place, displaced, missing a kidney, large) and their summary")
     p.add_argument("--tuning-baseline", metavar="SUMMARY",
                    help="an earlier tuning_summary.json: print how each number moved from it")
     p.add_argument("--tuning-pool", default=str(TUNING_POOL), help=argparse.SUPPRESS)
@@ -171,10 +172,10 @@ def main(argv=None) -> int:
               "--in-bodies", bodies_at, "--grid-mm", args.grid_mm]
     code = cli([*evaluate_command(args), *bodies, "--out", str(out / "heldout_bodies.json")])
     if not code and args.displaced:
-        code = cli([*evaluate_command(args), *bodies, "--displace-kidney", DISPLACED_MM,
+        code = cli([*evaluate_command(args), *bodies, *SET_OPTIONS["displaced"],
                     "--out", str(out / "heldout_bodies_displaced.json")])
     if not code and args.missing:
-        code = cli([*evaluate_command(args), *bodies, "--remove-kidney", "--out", str(out / "heldout_bodies_missing.json")])
+        code = cli([*evaluate_command(args), *bodies, *SET_OPTIONS["missing"], "--out", str(out / "heldout_bodies_missing.json")])
     return code
 
 

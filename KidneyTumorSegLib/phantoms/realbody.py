@@ -282,6 +282,10 @@ class PaintConfig:
     # nephrectomy; not together with displaced_kidney_mm
     missing_kidney: bool = False
 
+    def __post_init__(self):
+        if self.missing_kidney and self.displaced_kidney_mm:
+            raise ValueError("a painted body has one kidney displaced or one kidney missing, not both")
+
 
 def _displacement(rng: np.random.Generator, cfg: PaintConfig, ids: np.ndarray, body: Body, sp_zyx) -> Displacement | None:
     """The drawn displacement of one of the body's kidneys, in voxels (None without kidneys)."""
@@ -314,8 +318,6 @@ def paint_body(body: Body, kits: Volume | None, seed: int, config: PaintConfig |
     sp_zyx = tuple(cfg.spacing_mm[::-1])
     tissue, inside = body_tissues(ids, body, sp_zyx, r_tis)
     grid = Grid(*[ids_vol.origin[i] + cfg.spacing_mm[i] * np.arange(ids.shape[2 - i]) for i in range(3)])
-    if cfg.missing_kidney and cfg.displaced_kidney_mm:
-        raise ValueError("a painted body has one kidney displaced or one kidney missing, not both")
     moved = cfg.displaced_kidney_mm or cfg.missing_kidney
     displaced = _displacement(r_move, cfg, ids, body, sp_zyx) if moved else None
     labels = place_kidneys(tissue, ids, body, kits, r_kid, kits_midline_x, displaced)

@@ -48,20 +48,24 @@ def segmentation_dice(labels, truth) -> dict:
     return {"kidney": dice(labels > 0, truth > 0), "tumour": dice(labels == 2, truth == 2)}
 
 
+def _components_off_truth(pred: np.ndarray, truth: np.ndarray, voxel_ml: float) -> dict:
+    """The connected components of ``pred`` that touch no ``truth`` voxel, counted and measured (mL)."""
+    from scipy import ndimage
+
+    comps, n = ndimage.label(pred)
+    if n == 0:
+        return {"components": 0, "ml": 0.0}
+    touching = np.unique(comps[pred & truth])
+    false = np.setdiff1d(np.arange(1, n + 1), touching)
+    voxels = int(np.isin(comps, false).sum()) if false.size else 0
+    return {"components": int(false.size), "ml": voxels * float(voxel_ml)}
+
+
 def false_tumour(labels, truth, voxel_ml: float) -> dict:
     """Predicted tumour that is not there: the connected components of ``labels == 2`` touching no
     true tumour voxel, counted and measured (mL). Dice averaged over tumour cases hides these,
     yet a false tumour on a healthy kidney is the error a surgeon minds most."""
-    from scipy import ndimage
-
-    pred = np.asarray(labels) == 2
-    comps, n = ndimage.label(pred)
-    if n == 0:
-        return {"components": 0, "ml": 0.0}
-    touching = np.unique(comps[pred & (np.asarray(truth) == 2)])
-    false = np.setdiff1d(np.arange(1, n + 1), touching)
-    voxels = int(np.isin(comps, false).sum()) if false.size else 0
-    return {"components": int(false.size), "ml": voxels * float(voxel_ml)}
+    return _components_off_truth(np.asarray(labels) == 2, np.asarray(truth) == 2, voxel_ml)
 
 
 def false_kidney(labels, truth, voxel_ml: float) -> dict:
@@ -69,16 +73,7 @@ def false_kidney(labels, truth, voxel_ml: float) -> dict:
     ``labels > 0`` touching no true kidney voxel, counted and measured (mL). A spleen or liver
     labelled in an empty renal fossa (a removed, missing or displaced kidney) shows here; Dice over
     the case mixes it with the true kidney's outline."""
-    from scipy import ndimage
-
-    pred = np.asarray(labels) > 0
-    comps, n = ndimage.label(pred)
-    if n == 0:
-        return {"components": 0, "ml": 0.0}
-    touching = np.unique(comps[pred & (np.asarray(truth) > 0)])
-    false = np.setdiff1d(np.arange(1, n + 1), touching)
-    voxels = int(np.isin(comps, false).sum()) if false.size else 0
-    return {"components": int(false.size), "ml": voxels * float(voxel_ml)}
+    return _components_off_truth(np.asarray(labels) > 0, np.asarray(truth) > 0, voxel_ml)
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
