@@ -29,7 +29,7 @@ from KidneyTumorSegLib.training.metrics import (
     tumours_found_by_size,
     write_csv,
 )
-from KidneyTumorSegLib.training.sampling import PatchSampler, ZSliceSampler
+from KidneyTumorSegLib.training.sampling import PatchSampler, ZSliceSampler, body_middle_x_mm
 from KidneyTumorSegLib.training.schedule import PlateauSchedule, ScheduleConfig
 from KidneyTumorSegLib.training.split import split_ids
 from KidneyTumorSegLib.training.transforms import AugmentConfig, SpatialParams
@@ -244,6 +244,43 @@ def test_patch_at_the_border_is_padded_with_air():
     corner = PatchSampler([case], (40, 40, 40), AugmentConfig(enabled=False), random_fraction=1.0)
     big = corner.sample(np.random.default_rng(1), augment=False)
     assert (big.image == 0).any()  # reaches outside the 40x60x60 case: padded with 0 (air)
+
+
+def solitary_kidney_case() -> CachedCase:
+    """A body (x voxels 10-69 of 80, 2 mm: middle at x = 79 mm) with one kidney (x 50-59, world
+    100-118 mm) and, where the other kidney would lie (world 40-58 mm), an organ that is not kidney.
+    The segmenter grid is a crop starting at x = 30 mm, as training crops it to the kidneys."""
+    img = np.zeros((40, 60, 80), np.float16)
+    lab = np.zeros(img.shape, np.uint8)
+    img[:, 5:55, 10:70] = 0.3  # body
+    lab[10:30, 20:40, 50:60] = 1
+    img[lab == 1] = 0.6
+    img[10:30, 20:40, 20:30] = 0.8  # the organ in the empty fossa
+    whole = CaseArrays(img, lab, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    crop = CaseArrays(img[..., 15:].copy(), lab[..., 15:].copy(), (2.0, 2.0, 2.0), (30.0, 0.0, 0.0))
+    return CachedCase("solitary", whole, crop)
+
+
+def test_body_middle_is_the_mean_x_of_the_body():
+    assert body_middle_x_mm(solitary_kidney_case().localiser) == pytest.approx(79.0)
+
+
+def test_mirror_patches_look_at_the_empty_fossa():
+    case = solitary_kidney_case()
+    sampler = PatchSampler([case], (8, 8, 8), AugmentConfig(enabled=False), tumour_fraction=0.0,
+                           random_fraction=0.0, mirror_fraction=0.5)
+    rng = np.random.default_rng(2)
+    samples = [sampler.sample(rng, augment=False) for _ in range(200)]
+    mirror = [s for s in samples if s.kind == "mirror"]
+    kidney = [s for s in samples if s.kind == "kidney"]
+    assert abs(len(mirror) / len(samples) - 0.5) < 0.1 and len(mirror) + len(kidney) == len(samples)
+    for s in mirror:  # centred in the fossa's organ: no kidney there to learn
+        assert s.image[0, 4, 4, 4] == pytest.approx(0.8, abs=1e-3) and s.target[0, 4, 4, 4] == 0
+    for s in kidney:
+        assert s.target[0, 4, 4, 4] == 1
+    # Off by default: the same draws as before the mirror existed.
+    plain = PatchSampler([case], (8, 8, 8), AugmentConfig(enabled=False), tumour_fraction=0.0, random_fraction=0.0)
+    assert all(plain.sample(rng, augment=False).kind == "kidney" for _ in range(50))
 
 
 def test_z_slices_are_balanced_and_correctly_labelled():

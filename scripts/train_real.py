@@ -82,6 +82,9 @@ def main(argv=None) -> int:
                    help="share of segmenter patches re-acquired with 2.5-6 mm slices (0: none)")
     p.add_argument("--random-fraction", type=float, default=0.2,
                    help="share of segmenter patches centred anywhere in the scan (the rest on kidney or tumour)")
+    p.add_argument("--mirror-fraction", type=float, default=0.0,
+                   help="share of segmenter patches centred on a kidney voxel mirrored across the body's middle: "
+                        "the other kidney, or the empty fossa of a case with one kidney (--missing)")
     p.add_argument("--patience", type=int, default=3,
                    help="epochs without progress before the learning rate drops x 0.1 (the paper's 3); a fine-tune "
                    "that starts near its best ends after about three drops, so a longer run needs more")
@@ -213,6 +216,7 @@ def main(argv=None) -> int:
         budget_shares={"z_localiser": shares[0], "xy_localiser": shares[1], "segmenter": shares[2]},
         schedule=ScheduleConfig(optimizer="adamw", lr=args.lr, weight_decay=3e-5, patience=args.patience),
         tumour_fraction=args.tumour_fraction, random_fraction=args.random_fraction, tumour_dice=args.tumour_dice,
+        mirror_fraction=args.mirror_fraction,
         augment=AugmentConfig(thick_slice_probability=args.thick_slices),
     )
     train_cases, errs = load_cases(source, split["train"], cfg, args.cache or None, args.prep_workers, bar)

@@ -82,6 +82,7 @@ class TrainOptions:
     grad_clip: float = 12.0
     tumour_fraction: float = 0.5
     random_fraction: float = 0.1
+    mirror_fraction: float = 0.0  # segmenter patches where the other kidney would lie (sampling.py)
     positive_fraction: float = 0.5
     xy_kidney_fraction: float = 0.8
     tumour_dice: str = "batch"  # or "sample": every tumour patch's Dice counts alike (losses.py)
@@ -205,7 +206,8 @@ class Trainer:
     def _sampler(self, name: str, cases: list[CachedCase], aug: AugmentConfig):
         cfg, o = self.cfg, self.opts
         if name == "segmenter":
-            return PatchSampler(cases, cfg.segmenter.patch_size_xyz[::-1], aug, o.tumour_fraction, o.random_fraction)
+            return PatchSampler(cases, cfg.segmenter.patch_size_xyz[::-1], aug, o.tumour_fraction, o.random_fraction,
+                                mirror_fraction=o.mirror_fraction)
         size = slice_size_px(cfg.localiser_grid.spacing_mm)
         if name == "z_localiser":
             return ZSliceSampler(cases, size, aug, cfg.z_localiser.context_slices, o.positive_fraction)

@@ -9,7 +9,10 @@ segmenter, each read through one random spatial transform (``transforms``).
   silent on slices without kidney.
 - segmenter: a ``cfg.segmenter.patch_size`` patch centred on a tumour voxel with probability
   ``tumour_fraction`` (when the case has a tumour), on a random voxel of the scan with probability
-  ``random_fraction``, on a kidney voxel otherwise; the centre is jittered by up to a quarter patch
+  ``random_fraction``, on a kidney voxel mirrored across the body's left-right middle with
+  probability ``mirror_fraction`` (where the other kidney would lie: the other kidney, or an empty
+  fossa when the case has one kidney; the place inference looks at when a localiser marks a kidney
+  there), on a kidney voxel otherwise; the centre is jittered by up to a quarter patch
   so objects are seen off-centre too, as the sliding window shows them. Targets: channel 0 the
   kidney-with-tumour region (labels > 0), channel 1 the tumour (labels == 2). A share of patches
   is re-acquired with thick slices (``transforms.simulate_thick_slices``) before the intensity jitter.
@@ -38,14 +41,28 @@ from .transforms import (
 )
 from .working_grids import CachedCase, CaseArrays
 
-KIND_TUMOUR, KIND_KIDNEY, KIND_RANDOM, KIND_POSITIVE, KIND_NEGATIVE, KIND_ANY = (
+KIND_TUMOUR, KIND_KIDNEY, KIND_RANDOM, KIND_MIRROR, KIND_POSITIVE, KIND_NEGATIVE, KIND_ANY = (
     "tumour",
     "kidney",
     "random",
+    "mirror",
     "positive",
     "negative",
     "any",
 )
+BODY_THRESHOLD = 0.05  # normalised intensity above air (about -170 HU with the default window)
+
+
+def body_middle_x_mm(arrays: CaseArrays, threshold: float = BODY_THRESHOLD) -> float:
+    """World x (mm) of the body's left-right middle: the mean x of its voxels (denser than air).
+
+    Read from the localiser grid, which holds the whole scan; the segmenter grid is cropped to the
+    kidneys and would put the middle between them only when both are there."""
+    counts = (arrays.image > threshold).sum(axis=(0, 1), dtype=np.int64)
+    if not counts.any():
+        return arrays.origin[0] + arrays.spacing[0] * 0.5 * (arrays.image.shape[2] - 1)
+    x = float((counts * np.arange(counts.size)).sum() / counts.sum())
+    return arrays.origin[0] + arrays.spacing[0] * x
 
 
 def slice_size_px(spacing_xyz, fov_mm: float = 512.0, multiple: int = 32) -> tuple[int, int]:
@@ -148,6 +165,7 @@ class PatchSampler:
         tumour_fraction: float = 0.5,
         random_fraction: float = 0.1,
         jitter: float = 0.25,
+        mirror_fraction: float = 0.0,
     ):
         self.cases = list(cases)
         if not self.cases:
@@ -156,13 +174,17 @@ class PatchSampler:
         self.aug = aug
         self.tumour_fraction = tumour_fraction
         self.random_fraction = random_fraction
+        self.mirror_fraction = mirror_fraction
         self.jitter = jitter
         self.kidney_vox = []
         self.tumour_vox = []
+        self.mirror_sum_x = []  # x index + its mirror's x index on the segmenter grid, per case
         for c in self.cases:
             lab = c.segmenter.labels
             self.kidney_vox.append(np.argwhere(lab > 0).astype(np.int32))
             self.tumour_vox.append(np.argwhere(lab == 2).astype(np.int32))
+            seg = c.segmenter
+            self.mirror_sum_x.append(2.0 * (body_middle_x_mm(c.localiser) - seg.origin[0]) / seg.spacing[0])
 
     def sample(self, rng: np.random.Generator, augment: bool = True) -> Sample:
         i = int(rng.integers(len(self.cases)))
@@ -171,11 +193,17 @@ class PatchSampler:
         if r < self.random_fraction or not len(self.kidney_vox[i]):
             kind = KIND_RANDOM
             centre = np.array([rng.uniform(0, n - 1) for n in arrays.labels.shape])
+        elif r < self.random_fraction + self.mirror_fraction:
+            kind = KIND_MIRROR
+            centre = self.kidney_vox[i][int(rng.integers(len(self.kidney_vox[i])))].astype(np.float64)
+            centre[2] = np.clip(self.mirror_sum_x[i] - centre[2], 0, arrays.labels.shape[2] - 1)
         else:
-            tumour = r < self.random_fraction + self.tumour_fraction and len(self.tumour_vox[i])
+            start = self.random_fraction + self.mirror_fraction
+            tumour = r < start + self.tumour_fraction and len(self.tumour_vox[i])
             pool = self.tumour_vox[i] if tumour else self.kidney_vox[i]
             kind = KIND_TUMOUR if tumour else KIND_KIDNEY
             centre = pool[int(rng.integers(len(pool)))].astype(np.float64)
+        if kind != KIND_RANDOM:
             if augment and self.jitter > 0:
                 centre += rng.uniform(-self.jitter, self.jitter, 3) * np.asarray(self.patch)
         params = draw_spatial(rng, self.aug) if augment else IDENTITY
