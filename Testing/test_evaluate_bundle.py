@@ -91,7 +91,7 @@ def test_tuning_sets_run_per_set_and_dataset_and_add_up(tmp_path, capsys):
         return 0
 
     args = argparse.Namespace(data=str(tmp_path), bundle="b.safetensors", threads="1", grid_mm="1.5,1.5,3.0",
-                              tuning_baseline=None)
+                              tuning_baseline=None, tuning_sets=None)
     assert evaluate_bundle.evaluate_tuning(cli, args, tmp_path, "BODIES", pool) == 0
     outs = [Path(c[c.index("--out") + 1]).name for c in calls]
     sets = ("in_place", "displaced", "missing", "large")
@@ -110,3 +110,32 @@ def test_tuning_sets_run_per_set_and_dataset_and_add_up(tmp_path, capsys):
     args.tuning_baseline = str(tmp_path / "tuning_summary.json")
     assert evaluate_bundle.evaluate_tuning(cli, args, tmp_path, "BODIES", pool) == 0
     assert "kidney_dice: 0.75 -> 0.75 (+0)" in capsys.readouterr().out
+
+
+def test_tuning_sets_can_be_run_in_stages_into_one_summary(tmp_path, capsys):
+    masks = [f"case_{i:05d}" for i in range(200, 230)]
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps({"masks": masks, "tumour_ml": {m: float(i) for i, m in enumerate(masks)}}))
+    calls = []
+
+    def cli(argv):
+        calls.append(argv)
+        kidney = 0.8 if "--remove-kidney" in argv else 0.9
+        Path(argv[argv.index("--out") + 1]).write_text(json.dumps({
+            "kidney_dice": {"n": 1, "mean": kidney}, "tumour_dice": {"n": 1, "mean": 0.5},
+            "false_tumour": {"ml_total": 1.0}, "tumours_found": {}, "kidneys_found": "2 of 2"}))
+        return 0
+
+    args = argparse.Namespace(data=str(tmp_path), bundle="b.safetensors", threads="1", grid_mm="1.5,1.5,3.0",
+                              tuning_baseline=None, tuning_sets="missing")
+    assert evaluate_bundle.evaluate_tuning(cli, args, tmp_path, "BODIES", pool) == 0
+    assert [Path(c[c.index("--out") + 1]).name for c in calls] == ["tuning_missing_kits19.json", "tuning_missing_kits23.json"]
+    args.tuning_sets = "in_place"
+    assert evaluate_bundle.evaluate_tuning(cli, args, tmp_path, "BODIES", pool) == 0
+    summary = json.loads((tmp_path / "tuning_summary.json").read_text())
+    assert list(summary) == ["missing", "in_place"]  # the second stage added to the first
+    assert summary["missing"]["kidney_dice"] == 0.8 and summary["in_place"]["kidney_dice"] == 0.9
+    assert len(calls) == 4
+    args.tuning_sets = "missing,elsewhere"
+    assert evaluate_bundle.evaluate_tuning(cli, args, tmp_path, "BODIES", pool) == 2
+    assert "no set named elsewhere" in capsys.readouterr().err and len(calls) == 4  # nothing run

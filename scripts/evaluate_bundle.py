@@ -18,8 +18,9 @@ either dataset whose tumour is over ML mL (400 in the model card), painted the s
 (a solitary kidney: the empty fossa shows false kidney).
 ``--tuning`` adds the tuning pool's sets (``KidneyTumorSegLib.training.tuning_pool``: in place,
 displaced, missing a kidney, large; ``tuning_{set}_{dataset}.json``) and ``tuning_summary.json``, one row per set as
-the choice rules compare them; ``--tuning-baseline SUMMARY`` prints how each number moved from an
-earlier bundle's summary. These may choose; nothing else here does.
+the choice rules compare them; ``--tuning-sets missing,in_place`` runs only those, in that order,
+adding them to OUT's summary (a staged rule stops at its first failed set); ``--tuning-baseline
+SUMMARY`` prints how each number moved from an earlier bundle's summary. These may choose; nothing else here does.
 A scan a network trained on is marked ``seen_in_training`` and must not be quoted.
 """
 
@@ -81,8 +82,16 @@ def evaluate_tuning(cli, args, out: Path, bodies_at: str, pool_file: Path) -> in
     from KidneyTumorSegLib.training import tuning_pool
 
     data = Path(args.data)
-    summary = {}
-    for name, parts in tuning_pool.tuning_sets(tuning_pool.load_pool(pool_file)).items():
+    sets = tuning_pool.tuning_sets(tuning_pool.load_pool(pool_file))
+    names = args.tuning_sets.split(",") if args.tuning_sets else list(sets)
+    unknown = [n for n in names if n not in sets]
+    if unknown:
+        print(f"--tuning-sets: no set named {', '.join(unknown)}; the sets are {', '.join(sets)}.", file=sys.stderr)
+        return 2
+    summary_path = out / "tuning_summary.json"
+    summary = json.loads(summary_path.read_text()) if args.tuning_sets and summary_path.exists() else {}
+    for name in names:
+        parts = sets[name]
         extra = SET_OPTIONS.get(name, [])
         files = []
         for ds, masks in parts.items():
@@ -92,10 +101,11 @@ def evaluate_tuning(cli, args, out: Path, bodies_at: str, pool_file: Path) -> in
             if code:
                 return code
         summary[name] = tuning_pool.combine([json.loads(f.read_text()) for f in files])
-    (out / "tuning_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        summary_path.write_text(json.dumps(summary, indent=1) + "\n")  # after each set: a staged rule reads it
     if args.tuning_baseline:
         old = json.loads(Path(args.tuning_baseline).read_text())
-        for name, row in summary.items():
+        for name in names:
+            row = summary[name]
             print(f"{name}:", *("  " + line for line in tuning_pool.compare(old.get(name, {}), row)), sep="\n")
     return 0
 
@@ -137,6 +147,9 @@ def main(argv=None) -> int:
                    help="also the tuning pool's sets (in place, displaced, missing a kidney, large) and their summary")
     p.add_argument("--tuning-baseline", metavar="SUMMARY",
                    help="an earlier tuning_summary.json: print how each number moved from it")
+    p.add_argument("--tuning-sets", metavar="NAMES",
+                   help="with --tuning: only these sets, in this order (e.g. missing,in_place), added to OUT's "
+                        "tuning_summary.json, so a rule can stop at its first failed set")
     p.add_argument("--tuning-pool", default=str(TUNING_POOL), help=argparse.SUPPRESS)
     p.add_argument("--no-real", action="store_true", help="skip the real CTs (and their variants)")
     args = p.parse_args(argv)
