@@ -278,7 +278,7 @@ def test_mirror_patches_look_at_the_empty_fossa():
         assert s.image[0, 4, 4, 4] == pytest.approx(0.8, abs=1e-3) and s.target[0, 4, 4, 4] == 0
     for s in kidney:
         assert s.target[0, 4, 4, 4] == 1
-    # Off by default: the same draws as before the mirror existed.
+    # Off by default: no patch is a mirror patch.
     plain = PatchSampler([case], (8, 8, 8), AugmentConfig(enabled=False), tumour_fraction=0.0, random_fraction=0.0)
     assert all(plain.sample(rng, augment=False).kind == "kidney" for _ in range(50))
 

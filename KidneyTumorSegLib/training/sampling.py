@@ -178,13 +178,13 @@ class PatchSampler:
         self.jitter = jitter
         self.kidney_vox = []
         self.tumour_vox = []
-        self.mirror_sum_x = []  # x index + its mirror's x index on the segmenter grid, per case
+        self.mirror_sum_x = []  # x index + its mirror's x index on the segmenter grid, per case (when used)
         for c in self.cases:
-            lab = c.segmenter.labels
-            self.kidney_vox.append(np.argwhere(lab > 0).astype(np.int32))
-            self.tumour_vox.append(np.argwhere(lab == 2).astype(np.int32))
             seg = c.segmenter
-            self.mirror_sum_x.append(2.0 * (body_middle_x_mm(c.localiser) - seg.origin[0]) / seg.spacing[0])
+            self.kidney_vox.append(np.argwhere(seg.labels > 0).astype(np.int32))
+            self.tumour_vox.append(np.argwhere(seg.labels == 2).astype(np.int32))
+            if mirror_fraction > 0:
+                self.mirror_sum_x.append(2.0 * (body_middle_x_mm(c.localiser) - seg.origin[0]) / seg.spacing[0])
 
     def sample(self, rng: np.random.Generator, augment: bool = True) -> Sample:
         i = int(rng.integers(len(self.cases)))
@@ -203,9 +203,8 @@ class PatchSampler:
             pool = self.tumour_vox[i] if tumour else self.kidney_vox[i]
             kind = KIND_TUMOUR if tumour else KIND_KIDNEY
             centre = pool[int(rng.integers(len(pool)))].astype(np.float64)
-        if kind != KIND_RANDOM:
-            if augment and self.jitter > 0:
-                centre += rng.uniform(-self.jitter, self.jitter, 3) * np.asarray(self.patch)
+        if kind != KIND_RANDOM and augment and self.jitter > 0:
+            centre += rng.uniform(-self.jitter, self.jitter, 3) * np.asarray(self.patch)
         params = draw_spatial(rng, self.aug) if augment else IDENTITY
         coords = sampling_coords(centre, self.patch, params, arrays.spacing)
         image = flip(read(arrays.image, coords, 1, 0.0, np.float32), params)
