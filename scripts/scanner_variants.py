@@ -7,7 +7,16 @@ For each named scan, writes ``OUT_DIR/<scan>_<variant>/{ct,labels}.nii.gz`` (+ i
 - ``slice3mm``, ``slice5mm``: re-acquired with thicker slices (a Gaussian slice profile of the new
   thickness, then sampled at that interval);
 - ``pixel2.5mm``: coarser pixels (the in-plane point-spread of 2.5 mm pixels, then sampled);
-- ``noise25``: 25 HU of extra white noise (a low-dose acquisition).
+- ``noise25``: 25 HU of extra white noise (a low-dose acquisition);
+- ``oblique15``: the same body stored on slices tilted 15 degrees about the left-right axis (a
+  gantry tilt, as the file's direction matrix records it): only the storage changes, so the
+  result should too only by interpolation;
+- ``pitch15``, ``roll20``: the body itself turned in an axis-aligned scan, 15 degrees about the
+  left-right axis (a trunk lying inclined; the slices the turn tips out of the scan are dropped) or
+  20 degrees about the head-foot axis (a patient lying turned on the table);
+- ``from_kidney_middle``, ``to_kidney_middle``: the field of view starts, or ends, halfway down
+  the kidneys (a pelvis scan that catches their lower halves, an upper-abdomen scan their upper
+  halves); only for scans with kidney labels.
 
 Labels follow by nearest neighbour. ``evaluate --scans OUT_DIR`` then measures robustness to each
 change on the same anatomy. The variants are derived patient data: write them outside the project
@@ -23,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from KidneyTumorSegLib.labelled_scans import label_names
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "real_ct"
@@ -45,8 +56,8 @@ def reacquire(image: sitk.Image, labels: sitk.Image, spacing) -> tuple[sitk.Imag
     return ct, lab
 
 
-def variants(image: sitk.Image, labels: sitk.Image, seed: int = 0):
-    """(name, ct, labels) for every variant of one scan."""
+def variants(image: sitk.Image, labels: sitk.Image, seed: int = 0, kidney_ids=()):
+    """(name, ct, labels) for every variant of one scan (the cut ones need ``kidney_ids``)."""
     sx, sy, sz = image.GetSpacing()
     for thickness in (3.0, 5.0):
         if thickness > sz:
@@ -58,6 +69,89 @@ def variants(image: sitk.Image, labels: sitk.Image, seed: int = 0):
     noisy = sitk.GetImageFromArray(hu)
     noisy.CopyInformation(image)
     yield ("noise25", noisy, labels)
+    yield ("oblique15", *tilted_storage(image, labels, 15.0))
+    yield ("pitch15", *turned_body(image, labels, axis=0, degrees=15.0))
+    yield ("roll20", *turned_body(image, labels, axis=2, degrees=20.0))
+    if kidney_ids:
+        for part in ("from_kidney_middle", "to_kidney_middle"):
+            cut = cut_at_kidney_middle(image, labels, kidney_ids, keep_below=part == "from_kidney_middle")
+            if cut is not None:
+                yield (part, *cut)
+
+
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    """The 3 x 3 rotation by ``degrees`` about physical axis ``axis`` (0 = L-R, 1 = P-A, 2 = S-I)."""
+    a = np.deg2rad(degrees)
+    c, s = np.cos(a), np.sin(a)
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def _centre(image: sitk.Image) -> np.ndarray:
+    return np.asarray(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()]))
+
+
+def tilted_storage(image: sitk.Image, labels: sitk.Image, degrees: float):
+    """The same physical image on a grid whose slices are tilted by ``degrees`` about the L-R axis,
+    large enough to hold all of it (the corners outside the scan are air)."""
+    direction = _rotation(0, degrees) @ np.asarray(image.GetDirection()).reshape(3, 3)
+    spacing = np.asarray(image.GetSpacing(), float)
+    corners = np.array([image.TransformIndexToPhysicalPoint([int(c * (n - 1)) for c, n in zip(bits, image.GetSize())])
+                        for bits in np.ndindex(2, 2, 2)])
+    local = (corners - corners[0]) @ direction  # corner coordinates along the new grid's axes (mm)
+    low, high = local.min(axis=0), local.max(axis=0)
+    size = [int(np.ceil((h - lo) / s)) + 1 for lo, h, s in zip(low, high, spacing)]
+    origin = corners[0] + direction @ low
+    args = (size, sitk.Transform(), None, tuple(origin), tuple(spacing), tuple(direction.flatten()))
+    ct = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), args[0], args[1], sitk.sitkLinear, *args[3:],
+                       -1024.0, sitk.sitkFloat32)
+    lab = sitk.Resample(labels, args[0], args[1], sitk.sitkNearestNeighbor, *args[3:], 0, labels.GetPixelID())
+    return ct, lab
+
+
+def turned_body(image: sitk.Image, labels: sitk.Image, axis: int, degrees: float):
+    """The body turned by ``degrees`` about physical axis ``axis`` through the scan's centre, on the
+    scan's own grid (its slices axial). A turn about a horizontal axis tips the first and last
+    slices partly out of the scan, leaving wedges of air at its ends that no scanner makes: those
+    slices are dropped (a turn about the head-foot axis drops none)."""
+    turn = sitk.AffineTransform(3)
+    turn.SetCenter(tuple(_centre(image)))
+    turn.SetMatrix(tuple(_rotation(axis, -degrees).flatten()))  # Resample maps output points to input points
+    ct = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), image, turn, sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    lab = sitk.Resample(labels, labels, turn, sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+    if axis == 2:
+        return ct, lab
+    # a slice d mm from the centre samples the old scan up to |d| cos + (half its other extent) sin
+    # from the centre along z: keep the slices where that stays inside the old scan's slices
+    a = np.deg2rad(abs(degrees))
+    extent = np.asarray(image.GetSpacing()) * (np.asarray(image.GetSize()) - 1)
+    other = 1 if axis == 0 else 0
+    limit = (extent[2] / 2 - extent[other] / 2 * np.sin(a)) / np.cos(a)
+    d = (np.arange(image.GetSize()[2]) - (image.GetSize()[2] - 1) / 2.0) * image.GetSpacing()[2]
+    keep = np.flatnonzero(np.abs(d) <= limit + 1e-6)
+    if keep.size == 0:
+        raise ValueError(f"a turn of {degrees} degrees tips every slice of this scan out of it")
+    start, stop = int(keep[0]), int(keep[-1]) + 1
+    return ct[:, :, start:stop], lab[:, :, start:stop]
+
+
+def cut_at_kidney_middle(image: sitk.Image, labels: sitk.Image, kidney_ids, keep_below: bool):
+    """The scan's slices below (or above) the middle of its kidneys' head-foot extent; None when the
+    scan has no kidney labels or its slices are not head-foot."""
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    if abs(direction[2, 2]) < 0.9:
+        return None
+    k = np.nonzero(np.isin(sitk.GetArrayViewFromImage(labels), list(kidney_ids)).any(axis=(1, 2)))[0]
+    if k.size == 0:
+        return None
+    middle = int(round((k.min() + k.max()) / 2.0))
+    upward = direction[2, 2] > 0  # slice index grows towards the head
+    lower_slices = keep_below == upward  # keep the indices below the middle
+    n = image.GetSize()[2]
+    start, stop = (0, middle) if lower_slices else (middle, n)
+    return sitk.Cast(image[:, :, start:stop], sitk.sitkFloat32), labels[:, :, start:stop]
 
 
 def main(argv=None) -> int:
@@ -77,7 +171,8 @@ def main(argv=None) -> int:
             return 2
         image = sitk.ReadImage(str(case / "ct.nii.gz"))
         labels = sitk.ReadImage(str(case / "labels.nii.gz"))
-        for variant, ct, lab in variants(image, labels):
+        kidney_ids = [i for i, v in label_names(case).items() if "kidney" in v]
+        for variant, ct, lab in variants(image, labels, kidney_ids=kidney_ids):
             d = out / f"{name}_{variant}"
             d.mkdir(parents=True, exist_ok=True)
             sitk.WriteImage(sitk.Cast(sitk.Round(ct), sitk.sitkInt16), str(d / "ct.nii.gz"))

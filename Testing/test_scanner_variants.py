@@ -1,0 +1,115 @@
+"""The geometry variants of ``scripts/scanner_variants.py`` do what their names say, checked on
+small images whose answer is known: a tilted storage keeps every structure where it was, a turned
+body moves a structure by the stated rotation, and a cut keeps the physically lower or upper half."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from scanner_variants import (  # noqa: E402
+    _rotation,
+    cut_at_kidney_middle,
+    tilted_storage,
+    turned_body,
+    variants,
+)
+
+SPACING = (2.0, 2.0, 2.5)
+
+
+def _image_with_ball(centre_mm, direction=None, size=(48, 48, 40), radius_mm=8.0):
+    """A -1000 HU image holding a 200 HU ball (label 2) at the physical point ``centre_mm``."""
+    image = sitk.Image(list(size), sitk.sitkFloat32)
+    image.SetSpacing(SPACING)
+    image.SetOrigin((-40.0, -30.0, 100.0))
+    if direction is not None:
+        image.SetDirection(tuple(np.asarray(direction, float).flatten()))
+    k, j, i = np.indices(size[::-1])
+    index = np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1).astype(float)
+    m = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(SPACING)
+    points = index @ m.T + np.asarray(image.GetOrigin())
+    inside = (np.linalg.norm(points - np.asarray(centre_mm), axis=1) <= radius_mm).reshape(size[::-1])
+    array = np.where(inside, 200.0, -1000.0).astype(np.float32)
+    ct = sitk.GetImageFromArray(array)
+    ct.CopyInformation(image)
+    labels = sitk.GetImageFromArray(np.where(inside, 2, 0).astype(np.uint8))
+    labels.CopyInformation(image)
+    return ct, labels
+
+
+def _centroid_mm(labels: sitk.Image, value: int = 2) -> np.ndarray:
+    k, j, i = np.nonzero(sitk.GetArrayViewFromImage(labels) == value)
+    index = np.stack([i, j, k], axis=1).astype(float)
+    m = np.asarray(labels.GetDirection()).reshape(3, 3) @ np.diag(labels.GetSpacing())
+    return (index @ m.T + np.asarray(labels.GetOrigin())).mean(axis=0)
+
+
+def test_rotation_turns_the_stated_way():
+    """15 degrees about L-R takes +y (posterior) towards +z (superior): a right-handed turn."""
+    r = _rotation(0, 90.0)
+    assert np.allclose(r @ [0.0, 1.0, 0.0], [0.0, 0.0, 1.0])
+    assert np.allclose(_rotation(2, 90.0) @ [1.0, 0.0, 0.0], [0.0, 1.0, 0.0])
+
+
+def test_tilted_storage_moves_nothing_in_the_body():
+    ball = (10.0, 20.0, 150.0)
+    ct, labels = _image_with_ball(ball)
+    tilted_ct, tilted_labels = tilted_storage(ct, labels, 15.0)
+    direction = np.asarray(tilted_ct.GetDirection()).reshape(3, 3)
+    assert np.degrees(np.arccos(direction[2, 2])) == pytest.approx(15.0, abs=1e-6)
+    assert np.allclose(_centroid_mm(tilted_labels), ball, atol=1.0)
+    # the whole scan fits: the ball's volume is kept
+    ml = lambda lab: (sitk.GetArrayViewFromImage(lab) == 2).sum() * np.prod(lab.GetSpacing())  # noqa: E731
+    assert ml(tilted_labels) == pytest.approx(ml(labels), rel=0.1)
+    assert float(sitk.GetArrayViewFromImage(tilted_ct).max()) == pytest.approx(200.0, abs=1.0)
+
+
+@pytest.mark.parametrize("axis, degrees", [(0, 15.0), (2, 20.0)])
+def test_turned_body_moves_a_structure_by_the_rotation(axis, degrees):
+    size = (48, 48, 80)
+    ct, _ = _image_with_ball((0.0, 0.0, 0.0), size=size)
+    centre = np.asarray(ct.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in ct.GetSize()]))
+    offset = np.array([0.0, 25.0, 0.0]) if axis == 0 else np.array([25.0, 0.0, 0.0])
+    ct, labels = _image_with_ball(centre + offset, size=size)
+    turned_ct, turned = turned_body(ct, labels, axis=axis, degrees=degrees)
+    expected = centre + _rotation(axis, degrees) @ offset
+    assert np.allclose(_centroid_mm(turned), expected, atol=1.5)  # nearest-neighbour labels on 2.5 mm slices
+    assert turned_ct.GetSize() == turned.GetSize() and turned.GetSpacing() == labels.GetSpacing()
+    if axis == 2:  # a turn about the head-foot axis keeps every slice
+        assert turned.GetSize() == labels.GetSize() and turned.GetOrigin() == labels.GetOrigin()
+    else:  # a turn about L-R drops the slices it tips out of the scan at its ends
+        assert turned.GetSize()[2] < labels.GetSize()[2]
+        array = sitk.GetArrayFromImage(turned_ct)  # (z, y, x); outside the old scan reads -1024
+        assert (array[:, array.shape[1] // 2] > -1010).all()  # every kept slice is the scan's across its middle
+        assert (array[:, [0, -1]] < -1010).any()  # while its front and back edges may reach beyond it
+
+
+@pytest.mark.parametrize("head_first", [True, False])
+def test_cut_keeps_the_physically_lower_or_upper_half(head_first):
+    """Whichever way the slice index runs, ``keep_below`` keeps the slices nearer the feet."""
+    direction = np.diag([1.0, 1.0, 1.0 if head_first else -1.0])
+    ct, _ = _image_with_ball((0.0, 0.0, 0.0), direction=direction)
+    centre = np.asarray(ct.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in ct.GetSize()]))
+    ct, labels = _image_with_ball(centre, direction=direction)
+    z_all = _centroid_mm(labels)[2]
+    lower_ct, lower = cut_at_kidney_middle(ct, labels, [2], keep_below=True)
+    upper_ct, upper = cut_at_kidney_middle(ct, labels, [2], keep_below=False)
+    assert _centroid_mm(lower)[2] < z_all - 2.0 < z_all + 2.0 < _centroid_mm(upper)[2]
+    assert lower.GetSize()[2] + upper.GetSize()[2] == labels.GetSize()[2]
+    assert lower_ct.GetSize() == lower.GetSize() and upper_ct.GetSize() == upper.GetSize()
+
+
+def test_no_cut_without_kidney_labels():
+    ct, labels = _image_with_ball((0.0, 0.0, 150.0))
+    assert cut_at_kidney_middle(ct, labels, [7], keep_below=True) is None
+    names = [name for name, _, _ in variants(ct, labels)]
+    assert "oblique15" in names and "from_kidney_middle" not in names
+    assert {"from_kidney_middle", "to_kidney_middle"} <= {n for n, _, _ in variants(ct, labels, kidney_ids=[2])}
