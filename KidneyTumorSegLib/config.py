@@ -62,6 +62,7 @@ class XYLocaliserConfig:
 
 
 CONTEXT_FUSIONS = ("mean", "max", "split", "widen")
+BEYOND_SCAN = ("air", "edge")
 
 
 @dataclass
@@ -94,11 +95,17 @@ class SegmenterConfig:
     # this (0 = every region): a spleen, liver or bowel loop in an empty renal fossa is segmented
     # with less conviction than a kidney. docs/evaluation/solitary_kidney/.
     min_region_confidence: float = 0.0
+    # What the segmenter's windows see past the scan's head or foot end: "air" (as scanners pad)
+    # or "edge" (its last slice carried on, so a kidney the field of view cuts in half still has
+    # a body around it; resampling.extend_slices_beyond). docs/evaluation/field_of_view/.
+    beyond_scan: str = "air"
 
     def __post_init__(self):
         # A header written by hand (or by a later version) is refused when loaded, not mid-run.
         if self.context_fusion not in CONTEXT_FUSIONS:
             raise ValueError(f"context_fusion is one of {', '.join(CONTEXT_FUSIONS)}, not {self.context_fusion!r}")
+        if self.beyond_scan not in BEYOND_SCAN:
+            raise ValueError(f"beyond_scan is one of {', '.join(BEYOND_SCAN)}, not {self.beyond_scan!r}")
         if not self.context_gate_ml >= 0:
             raise ValueError(f"context_gate_ml is a volume in mL, 0 or more, not {self.context_gate_ml!r}")
         if not 0 <= self.min_region_confidence < 1:
@@ -115,11 +122,11 @@ class SegmenterConfig:
 # (scripts/merge_bundle.py --set); a fine-tune may start from a bundle whose settings differ.
 INFERENCE_SETTINGS = frozenset({"threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "min_tumour_ml",
                                 "margin_mm", "min_component_ml", "overlap", "context_scale",
-                                "context_fusion", "context_gate_ml", "min_region_confidence"})
+                                "context_fusion", "context_gate_ml", "min_region_confidence", "beyond_scan"})
 # The inference settings that leave the segmenter's outputs for given boxes unchanged (they act on
 # the localisers' boxes or on the post-processing): a sweep over them can reuse those outputs.
 REUSABLE_SEGMENTER_SETTINGS = INFERENCE_SETTINGS - {"mirror_x", "overlap", "context_scale", "context_fusion",
-                                                     "context_gate_ml"}
+                                                     "context_gate_ml", "beyond_scan"}
 
 
 @dataclass

@@ -399,6 +399,8 @@ class Pipeline:
         origin = anchor + lo_c[::-1] * seg_sp
         # slab by slab on extracted regions: no whole-scan float32 copy
         canvas = resampling.resample_box_chunked(volume, origin, tuple((hi_c - lo_c)[::-1]), tuple(seg_sp))
+        if cfg.beyond_scan == "edge":
+            canvas = resampling.extend_slices_beyond(canvas, volume)
         canvas_img = preprocess.normalise_hu(canvas.array, self.config.preprocess)
         ctx.clock.lap("preprocess")
         stitcher = patches.Stitcher(2, canvas_img.shape, patch)

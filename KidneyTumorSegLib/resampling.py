@@ -11,7 +11,8 @@ The engine's working grids have identity direction (LPS-aligned), so axial slice
 - :func:`to_reference` and :func:`labels_on_grid`: the phantom painter's coarse LPS grid to and from
   the caller's grid, separable (one 1D interpolation per axis) for axis-aligned directions.
 
-Outside the input, images read :data:`AIR_HU` and label maps 0.
+Outside the input, images read :data:`AIR_HU` and label maps 0; :func:`extend_slices_beyond`
+instead carries a grid's first and last slices inside the scan on past its head-foot ends.
 """
 
 from __future__ import annotations
@@ -209,6 +210,29 @@ def resample_box_chunked(
                                 interpolator, default_value, output_dtype).array
         out[z0:z1, y0:y1] = default_value if part is None else part
     return Volume(out, spacing_mm, tuple(origin_xyz), np.eye(3))
+
+
+def extend_slices_beyond(grid: Volume, volume: Volume) -> Volume:
+    """``grid`` (LPS-aligned, resampled from ``volume``) with every slice beyond the scan's head or
+    foot end replaced by the last slice inside it.
+
+    A field of view that ends halfway down a kidney leaves the segmenter's window a slab of air
+    against a cut kidney, an image no training patch looked like; the body carried on unchanged
+    is the nearer guess, and what is labelled there is dropped on the way back to the scan's
+    grid. Only for axis-aligned scans (an oblique scan has no one head-foot end): an oblique one's
+    grid comes back unchanged."""
+    if signed_permutation(volume.direction) is None:
+        return grid
+    lo_v, hi_v = volume.physical_bounds()
+    z = grid.origin[2] + grid.spacing[2] * np.arange(grid.array.shape[0])
+    eps = 1e-3 * grid.spacing[2]
+    inside = np.flatnonzero((z >= lo_v[2] - eps) & (z <= hi_v[2] + eps))
+    if inside.size == 0 or inside.size == z.size:
+        return grid
+    array = grid.array.copy()
+    array[: inside[0]] = array[inside[0]]
+    array[inside[-1] + 1 :] = array[inside[-1]]
+    return grid.with_array(array)
 
 
 def faces_inside(grid: Volume, volume: Volume) -> dict[str, bool]:

@@ -291,3 +291,30 @@ def test_a_widened_canvas_keeps_the_fine_probabilities_where_they_lay():
     np.testing.assert_allclose(out[0][looked], grown.array[looked], atol=1e-3)  # same places, same values
     np.testing.assert_allclose(out[1][looked], -grown.array[looked], atol=1e-3)
     assert not out[:, ~looked].any()
+
+
+@pytest.mark.parametrize("beyond", ["air", "edge"])
+def test_past_the_scans_ends_the_segmenter_sees_air_or_the_last_slice(beyond):
+    """A scan shorter than the segmenter's window: with ``beyond_scan="edge"`` the canvas slices past
+    the scan's head and foot ends repeat its first and last slices; with "air" they are air."""
+    bundle = bundle_with_heads(10, 10, 10, -10)
+    bundle.config.segmenter.beyond_scan = beyond
+    pipe = Pipeline(bundle, device="cpu")
+    seen = []
+    real = pipe._labels_on_canvas
+    pipe._labels_on_canvas = lambda probs, canvas, found: seen.append(canvas) or real(probs, canvas, found)
+    ct = body_ct(shape=(5, 80, 90))  # 5 slices of 4 mm: z 100..116 mm
+    result = pipe.run(ct)
+    canvas = seen[0]
+    z = canvas.origin[2] + canvas.spacing[2] * np.arange(canvas.array.shape[0])
+    below, above, inside = z < 100.0 - 1e-6, z > 116.0 + 1e-6, (z >= 100.0) & (z <= 116.0)
+    assert below.any() and above.any() and inside.any()
+    body = canvas.array[inside].max(axis=0) > -500  # where the body lies in the canvas's slices
+    first, last = canvas.array[np.flatnonzero(inside)[0]], canvas.array[np.flatnonzero(inside)[-1]]
+    if beyond == "edge":
+        assert np.array_equal(canvas.array[below], np.broadcast_to(first, canvas.array[below].shape))
+        assert np.array_equal(canvas.array[above], np.broadcast_to(last, canvas.array[above].shape))
+    else:
+        assert (canvas.array[below][:, body] < -1000).all() and (canvas.array[above][:, body] < -1000).all()
+    # what is labelled past the scan's ends never reaches the result, which stays on the scan's grid
+    assert result.labels.array.shape == ct.array.shape and (result.labels.array > 0).any()

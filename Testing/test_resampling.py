@@ -106,3 +106,24 @@ def test_chunked_resampling_keeps_the_memory_peak_small():
     chunked, whole, diff = r.stdout.split()
     # measured: about 24 MB in tiles, 100 MB in one piece (78 MB more)
     assert int(chunked) < 40 * 2**20 and int(chunked) + int(whole) > 70 * 2**20 and float(diff) < 1e-3
+
+
+def test_slices_past_a_scans_ends_carry_its_edge_slices_on():
+    from KidneyTumorSegLib.resampling import extend_slices_beyond
+
+    scan = Volume(np.zeros((4, 3, 3), np.float32), (1.0, 1.0, 2.0), (0.0, 0.0, 10.0))  # z 10..16 mm
+    grid_array = np.arange(9 * 3 * 3, dtype=np.float32).reshape(9, 3, 3)
+    grid = Volume(grid_array, (1.0, 1.0, 2.0), (0.0, 0.0, 6.0))  # z 6, 8, ..., 22 mm
+    out = extend_slices_beyond(grid, scan).array
+    assert np.array_equal(out[2:6], grid_array[2:6])  # z 10..16: inside, untouched
+    assert all(np.array_equal(out[k], grid_array[2]) for k in (0, 1))  # below the foot end: its first slice
+    assert all(np.array_equal(out[k], grid_array[5]) for k in (6, 7, 8))  # above the head end: its last slice
+    # a scan stored feet-first (z index towards the feet) has the same two ends
+    flipped = Volume(scan.array, scan.spacing, (0.0, 0.0, 16.0), np.diag([1.0, 1.0, -1.0]))
+    assert np.array_equal(extend_slices_beyond(grid, flipped).array, out)
+    # a grid inside the scan, or an oblique scan (no one head-foot end), is left as it is
+    assert np.array_equal(extend_slices_beyond(grid, Volume(np.zeros((20, 3, 3), np.float32), (1, 1, 2),
+                                                            (0, 0, 0))).array, grid_array)
+    tilt = np.array([[1, 0, 0], [0, np.cos(0.3), -np.sin(0.3)], [0, np.sin(0.3), np.cos(0.3)]])
+    assert np.array_equal(extend_slices_beyond(grid, Volume(scan.array, scan.spacing, scan.origin, tilt)).array,
+                          grid_array)
