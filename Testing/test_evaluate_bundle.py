@@ -94,10 +94,13 @@ def test_tuning_sets_run_per_set_and_dataset_and_add_up(tmp_path, capsys):
                               tuning_baseline=None, tuning_sets=None)
     assert evaluate_bundle.evaluate_tuning(cli, args, tmp_path, "BODIES", pool) == 0
     outs = [Path(c[c.index("--out") + 1]).name for c in calls]
-    sets = ("in_place", "displaced", "missing", "large")
+    sets = ("in_place", "displaced", "missing", "large", "cut_below", "cut_above")
     assert outs == [f"tuning_{s}_{ds}.json" for s in sets for ds in ("kits19", "kits23")]
-    assert [("--displace-kidney" in c) for c in calls] == [False, False, True, True, False, False, False, False]
-    assert [("--remove-kidney" in c) for c in calls] == [False, False, False, False, True, True, False, False]
+    assert [("--displace-kidney" in c) for c in calls] == [False, False, True, True] + [False] * 8
+    assert [("--remove-kidney" in c) for c in calls] == [False] * 4 + [True, True] + [False] * 6
+    assert [c[c.index("--cut-field") + 1] if "--cut-field" in c else None for c in calls] == \
+        [None] * 8 + ["below", "below", "above", "above"]
+    assert calls[8][calls[8].index("--cases") + 1] == calls[0][calls[0].index("--cases") + 1]  # the in-place masks
     # the tuning set (every 10th from the 6th): case_00205 in KiTS19, case_00215 and case_00225 in KiTS23
     assert calls[0][calls[0].index("--cases") + 1] == "case_00205"
     assert calls[1][calls[1].index("--cases") + 1] == "case_00215,case_00225"

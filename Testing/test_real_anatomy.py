@@ -298,6 +298,49 @@ def test_remove_kidney_needs_painted_bodies_and_no_displacement(tmp_path, capsys
         assert code != 0 and words in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("feet_first", [False, True])
+def test_a_cut_field_of_view_keeps_the_slices_below_or_above_the_kidneys_middle(feet_first):
+    """--cut-field: image and truth cut alike at the middle of the kidneys' head-foot extent (both
+    kidneys together), the lower or the upper part kept whichever way the slices run."""
+    from KidneyTumorSegLib.training.evaluate import cut_at_kidneys_middle, cut_cases
+
+    truth_array = np.zeros((40, 8, 8), np.uint8)
+    truth_array[10:21, 2:4, 1:3] = 1  # one kidney in slices 10-20
+    truth_array[14:31, 2:4, 5:7] = 1  # the other, higher, in 14-30: together 10-30, middle 20
+    truth_array[28:30, 2:4, 5:7] = 2
+    direction = np.diag([1.0, 1.0, -1.0 if feet_first else 1.0])
+    origin = (0.0, 0.0, 80.0 if feet_first else 0.0)  # slice k at z = 80 - 2k or 2k mm
+    if feet_first:
+        truth_array = truth_array[::-1].copy()  # the same anatomy, stored from the head down
+    truth = Volume(truth_array, (1.0, 1.0, 2.0), origin, direction)
+    ct = truth.with_array(np.where(truth_array > 0, 150.0, -100.0).astype(np.float32))
+    z = lambda v: v.index_to_physical(np.array([[0, 0, k] for k in range(v.array.shape[0])], float))[:, 2]  # noqa: E731
+    for keep in ("below", "above"):
+        cut_ct, cut_truth = cut_at_kidneys_middle(ct, truth, keep)
+        assert cut_ct.same_grid(cut_truth) and cut_ct.array.shape[1:] == ct.array.shape[1:]
+        kept_z = z(cut_truth)
+        if keep == "below":
+            assert kept_z.max() == pytest.approx(38.0 if not feet_first else 40.0)
+            assert kept_z.min() == pytest.approx(0.0 if not feet_first else 2.0)
+            assert not (cut_truth.array == 2).any()  # the tumour lies high
+        else:
+            assert kept_z.min() == pytest.approx(40.0 if not feet_first else 42.0) and (cut_truth.array == 2).any()
+        assert cut_truth.array.shape[0] < truth.array.shape[0]
+        np.testing.assert_array_equal(cut_ct.array > 0, cut_truth.array > 0)  # image and truth cut alike
+    (case, cut_ct, cut_truth, drawn), = cut_cases([("c", ct, truth, {"phase": "x"})], "above")
+    assert case == "c" and drawn == {"phase": "x"} and cut_truth.array.shape[0] < truth.array.shape[0]
+    with pytest.raises(ValueError, match="below, above"):
+        cut_at_kidneys_middle(ct, truth, "middle")
+
+
+def test_cut_field_is_for_phantoms_only(tmp_path, capsys):
+    from KidneyTumorSegLib.cli import main
+
+    code = main(["evaluate", "--scans", str(tmp_path), "--cut-field", "below"])
+    err = capsys.readouterr().err
+    assert code != 0 and "scanner_variants" in err and "Traceback" not in err
+
+
 def test_displace_kidney_needs_painted_bodies_and_two_distances(tmp_path, capsys):
     from KidneyTumorSegLib.cli import main
 

@@ -17,7 +17,8 @@ either dataset whose tumour is over ML mL (400 in the model card), painted the s
 ``--missing`` adds ``heldout_bodies_missing.json``, the held-out phantoms with one kidney taken out
 (a solitary kidney: the empty fossa shows false kidney).
 ``--tuning`` adds the tuning pool's sets (``KidneyTumorSegLib.training.tuning_pool``: in place,
-displaced, missing a kidney, large; ``tuning_{set}_{dataset}.json``) and ``tuning_summary.json``, one row per set as
+displaced, missing a kidney, large, cut below and above the kidneys' middle;
+``tuning_{set}_{dataset}.json``) and ``tuning_summary.json``, one row per set as
 the choice rules compare them; ``--tuning-sets missing,in_place`` runs only those, in that order,
 adding them to OUT's summary (a staged rule stops at its first failed set); ``--tuning-baseline
 SUMMARY`` prints how each number moved from an earlier bundle's summary. These may choose; nothing else here does.
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--validation", metavar="SPLIT_JSON",
                    help="a training run's split.json: also its validation masks, in place and displaced")
     p.add_argument("--tuning", action="store_true",
-                   help="also the tuning pool's sets (in place, displaced, missing a kidney, large) and their summary")
+                   help="also the tuning pool's sets (in place, displaced, missing a kidney, large, cut below and above "
+                        "the kidneys' middle) and their summary")
     p.add_argument("--tuning-baseline", metavar="SUMMARY",
                    help="an earlier tuning_summary.json: print how each number moved from it")
     p.add_argument("--tuning-sets", metavar="NAMES",

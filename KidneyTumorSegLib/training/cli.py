@@ -413,6 +413,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--remove-kidney", action="store_true",
                    help="with --in-bodies: take one kidney of each phantom out (a solitary kidney, as after a "
                    "nephrectomy); its empty fossa is where false kidney shows")
+    p.add_argument("--cut-field", choices=("below", "above"),
+                   help="with phantoms: the field of view ends halfway down the kidneys, keeping the slices below "
+                   "(a pelvis scan) or above (an upper-abdomen scan) their middle")
     p.add_argument("--seed", type=int, default=0, help="random seed of the phantoms")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=_positive_threads, metavar="N",
@@ -510,6 +513,9 @@ def run_evaluate(args) -> int:
         except ValueError as err:
             raise InputError(f"--sweep {err}.") from None
     if args.scans:
+        if args.cut_field:
+            raise InputError("--cut-field cuts painted phantoms; for real scans, scripts/scanner_variants.py writes "
+                             "cut versions (from_kidney_middle, to_kidney_middle) to evaluate with --scans.")
         if sets:
             raise InputError("--sweep compares settings on phantoms (--kits-masks, --procedural); for real scans "
                              "make a bundle per setting (scripts/merge_bundle.py --set) and evaluate each.")
@@ -550,7 +556,13 @@ def run_evaluate(args) -> int:
         cases = real_body_cases(masks, bodies, args.seed, grid, displaced, args.remove_kidney)
     else:
         cases = heldout_cases(masks, args.procedural, args.seed, grid)
+    if args.cut_field:
+        from .evaluate import cut_cases
+
+        cases = cut_cases(cases, args.cut_field)
     report = evaluate(bundle, cases, args.device, bar, n, sets)
+    if args.cut_field:
+        report["cut_field"] = args.cut_field
     report["grid_mm"] = list(grid)
     report["seed"] = args.seed
     for summary in report.get("sweep", [report]):

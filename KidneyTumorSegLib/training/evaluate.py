@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ModelConfig
-from ..volume import Volume
+from ..volume import Volume, signed_permutation
 from .metrics import (
     false_kidney,
     false_tumour,
@@ -107,6 +107,38 @@ def real_body_cases(masks: dict[str, Path], bodies: list[Path], seed: int = 0, g
             read[body_path] = read_body(body_path)
         ct, truth, info = real_body_phantom(read[body_path], path, case_id, seed, grid_mm, displaced_mm, missing_kidney)
         yield f"{body_path.parent.name}@{case_id}", ct, truth, info
+
+
+CUT_FIELDS = ("below", "above")
+
+
+def cut_at_kidneys_middle(ct: Volume, truth: Volume, keep: str) -> tuple[Volume, Volume]:
+    """The phantom's slices below (``keep="below"``: a pelvis scan catching the kidneys' lower
+    halves) or above (an upper-abdomen scan catching their upper halves) the middle of its kidneys'
+    head-foot extent, image and truth alike: a field of view that ends inside the kidneys, as scans
+    made for something else (the chest, the pelvis) often do."""
+    if keep not in CUT_FIELDS:
+        raise ValueError(f"keep is one of {', '.join(CUT_FIELDS)}, not {keep!r}")
+    perm = signed_permutation(ct.direction)
+    if perm is None or perm[2][0] != 2:
+        raise ValueError("a phantom's slices are axial, and this one's are not")
+    sign = perm[2][1]
+    slices = np.flatnonzero((truth.array > 0).any(axis=(1, 2)))
+    if slices.size == 0:
+        return ct, truth
+    middle = int(round((slices[0] + slices[-1]) / 2.0))  # the middle slice goes with the upper part
+    if sign > 0:  # slice indices grow towards the head
+        lo, hi = (0, middle) if keep == "below" else (middle, ct.array.shape[0])
+    else:
+        lo, hi = (middle + 1, ct.array.shape[0]) if keep == "below" else (0, middle + 1)
+    box_lo, box_hi = (0, 0, lo), (ct.array.shape[2], ct.array.shape[1], hi)
+    return ct.sub_volume(box_lo, box_hi), truth.sub_volume(box_lo, box_hi)
+
+
+def cut_cases(cases: Iterable[tuple], keep: str) -> Iterator[tuple]:
+    """``cases`` with each phantom's field of view cut at its kidneys' middle (``cut_at_kidneys_middle``)."""
+    for case_id, ct, truth, *drawn in cases:
+        yield (case_id, *cut_at_kidneys_middle(ct, truth, keep), *drawn)
 
 
 def _tumour_dice_by_type(per_case: list[dict]) -> dict:

@@ -14,10 +14,12 @@ from pathlib import Path
 KITS19_CASES = 210  # KiTS19's masks are case_00000-00209; the shared KiTS23 folder holds case_00210 on
 IN_PLACE_N = 30  # every rule since 2026-12-01 19:25 took the tuning set's first 30 masks (14 KiTS19, 16 KiTS23)
 LARGE_PER_DATASET = 6  # the large-tumour set: each dataset's 6 pool masks with the largest tumours
-SETS = ("in_place", "displaced", "missing", "large")
+SETS = ("in_place", "displaced", "missing", "large", "cut_below", "cut_above")
 DISPLACED_MM = "50,120"  # the displaced set: the in-place masks with one kidney moved this far caudally
-# what each set adds to ``evaluate``'s painting (the missing set: the in-place masks, one kidney taken out)
-SET_OPTIONS = {"displaced": ["--displace-kidney", DISPLACED_MM], "missing": ["--remove-kidney"]}
+# what each set adds to ``evaluate``'s painting (the missing set: the in-place masks, one kidney taken
+# out; the cut sets: their field of view ending halfway down the kidneys, from above or below)
+SET_OPTIONS = {"displaced": ["--displace-kidney", DISPLACED_MM], "missing": ["--remove-kidney"],
+               "cut_below": ["--cut-field", "below"], "cut_above": ["--cut-field", "above"]}
 
 
 def load_pool(path) -> dict:
@@ -44,13 +46,15 @@ def by_dataset(masks) -> dict[str, list[str]]:
 
 def tuning_sets(pool: dict) -> dict[str, dict[str, list[str]]]:
     """The sets the choice rules measure, per dataset: ``in_place``, ``displaced`` and ``missing`` (the
-    same masks, one kidney moved ``DISPLACED_MM`` or taken out) and ``large`` (each dataset's largest
-    pool tumours)."""
+    same masks, one kidney moved ``DISPLACED_MM`` or taken out), ``large`` (each dataset's largest
+    pool tumours) and ``cut_below``, ``cut_above`` (the in-place masks in a field of view that ends
+    halfway down the kidneys)."""
     in_place = by_dataset(tuning_set(pool)[:IN_PLACE_N])
     ml = pool["tumour_ml"]
     large = {ds: sorted(masks, key=lambda m: -ml[m])[:LARGE_PER_DATASET]
              for ds, masks in by_dataset(pool["masks"]).items()}
-    return {"in_place": in_place, "displaced": in_place, "missing": in_place, "large": large}
+    return {"in_place": in_place, "displaced": in_place, "missing": in_place, "large": large,
+            "cut_below": in_place, "cut_above": in_place}
 
 
 def small_tumour_masks(n: int, max_ml: float, taken: set, rng, pool: dict) -> list[str]:
