@@ -142,3 +142,21 @@ def test_tuning_sets_can_be_run_in_stages_into_one_summary(tmp_path, capsys):
     args.tuning_sets = "missing,elsewhere"
     assert evaluate_bundle.evaluate_tuning(cli, args, tmp_path, "BODIES", pool) == 2
     assert "no set named elsewhere" in capsys.readouterr().err and len(calls) == 4  # nothing run
+
+
+def test_cut_adds_the_held_out_phantoms_cut_from_below_and_above(tmp_path, monkeypatch):
+    import KidneyTumorSegLib.cli
+
+    data = _data(tmp_path)
+    calls = []
+    monkeypatch.setattr(KidneyTumorSegLib.cli, "main", lambda argv: calls.append(argv) or 0)
+    out = tmp_path / "out"
+    assert evaluate_bundle.main(["b.safetensors", str(out), "--data", str(data), "--no-real", "--heldout", "1", "--cut"]) == 0
+    outs = [Path(c[c.index("--out") + 1]).name for c in calls]
+    assert outs == ["heldout_bodies.json", "heldout_bodies_cut_below.json", "heldout_bodies_cut_above.json"]
+    assert [c[c.index("--cut-field") + 1] if "--cut-field" in c else None for c in calls] == [None, "below", "above"]
+    held = evaluate_bundle.held_out(data, "kits19")[:1]
+    assert all(c[c.index("--cases") + 1] == ",".join(held) for c in calls)  # the same held-out masks
+    calls.clear()
+    assert evaluate_bundle.main(["b.safetensors", str(out), "--data", str(data), "--no-real", "--heldout", "1"]) == 0
+    assert len(calls) == 1  # without --cut, in place only

@@ -15,7 +15,9 @@ ship decision may gate on (false tumour, kidneys found); the held-out ones stay 
 ``--large-tumours ML`` adds ``heldout_large_tumours_{kits19,kits23}.json``: every held-out mask of
 either dataset whose tumour is over ML mL (400 in the model card), painted the same way.
 ``--missing`` adds ``heldout_bodies_missing.json``, the held-out phantoms with one kidney taken out
-(a solitary kidney: the empty fossa shows false kidney).
+(a solitary kidney: the empty fossa shows false kidney). ``--cut`` adds
+``heldout_bodies_cut_{below,above}.json``, the held-out phantoms in a field of view that ends halfway
+down the kidneys (a pelvis or an upper-abdomen scan).
 ``--tuning`` adds the tuning pool's sets (``KidneyTumorSegLib.training.tuning_pool``: in place,
 displaced, missing a kidney, large, cut below and above the kidneys' middle;
 ``tuning_{set}_{dataset}.json``) and ``tuning_summary.json``, one row per set as
@@ -139,6 +141,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", help="a folder of scanner variants (scripts/scanner_variants.py) to evaluate too")
     p.add_argument("--displaced", action="store_true", help="also the held-out phantoms with a displaced kidney")
     p.add_argument("--missing", action="store_true", help="also the held-out phantoms with one kidney taken out")
+    p.add_argument("--cut", action="store_true",
+                   help="also the held-out phantoms in a field of view ending halfway down the kidneys, from below and above")
     p.add_argument("--threads", default="2", help="CPU threads for the networks")
     p.add_argument("--large-tumours", type=float, metavar="ML",
                    help="also every held-out mask whose tumour is over ML mL (KiTS19 and KiTS23)")
@@ -191,6 +195,8 @@ def main(argv=None) -> int:
                     "--out", str(out / "heldout_bodies_displaced.json")])
     if not code and args.missing:
         code = cli([*evaluate_command(args), *bodies, *SET_OPTIONS["missing"], "--out", str(out / "heldout_bodies_missing.json")])
+    for name in ("cut_below", "cut_above") if args.cut else ():
+        code = code or cli([*evaluate_command(args), *bodies, *SET_OPTIONS[name], "--out", str(out / f"heldout_bodies_{name}.json")])
     return code
 
 
