@@ -81,9 +81,14 @@ def test_combine_weights_means_by_cases_and_adds_counts():
     assert "tumours <= 10 mL found: 2 of 4 -> 3 of 4" in lines
 
 
-def test_the_v1_4_baseline_summary_is_the_sum_of_its_rows():
-    path = REPO / "docs" / "evaluation" / "v1.4" / "tuning_summary.json"
+@pytest.mark.parametrize("version, sets", [("v1.4", tuning_pool.SETS),
+                                           ("v1.5", ("in_place", "displaced", "cut_below", "cut_above"))])
+def test_a_bundles_tuning_summary_is_the_sum_of_its_rows(version, sets):
+    """The summaries the choice rules compare against are what their per-dataset rows add up to:
+    v1.4's on every set, v1.5's on the sets it was measured on."""
+    path = REPO / "docs" / "evaluation" / version / "tuning_summary.json"
     summary = json.loads(path.read_text())
-    for name in tuning_pool.SETS:
+    assert set(summary["from"]) == set(sets)
+    for name in sets:
         rows = [json.loads((REPO / f).read_text()) for f in summary["from"][name]]
         assert tuning_pool.combine(rows) == summary[name]
