@@ -74,10 +74,13 @@ def test_head_and_neck_scans_get_no_kidney(pipeline, case, variant):
     assert ml < MAX_FALSE_ML, report["discarded_regions"]
 
 
-@pytest.mark.parametrize("variant", ["as scanned", "slice5mm", "pixel2.5mm"])
+@pytest.mark.parametrize("variant", ["as scanned", "slice5mm", "pixel2.5mm", "from_kidney_middle", "to_kidney_middle"])
 def test_the_unseen_non_contrast_scan_gets_both_kidneys(pipeline, variant):
     """totalseg_s0009 (unenhanced, 1.5 mm): the project's target is kidney Dice 0.85 where no network
-    trained on it, and it must hold as a 5 mm or 2.5 mm-pixel scanner would have shown it too."""
+    trained on it, and it must hold as a 5 mm or 2.5 mm-pixel scanner would have shown it too, and
+    with a field of view that ends halfway down the kidneys (a pelvis or an upper-abdomen scan:
+    v1.4 found one kidney of two there, Dice 0.52 / 0.54, its segmenter seeing air past the scan's
+    end; v1.5 0.91 / 0.90)."""
     import SimpleITK as sitk
 
     if "totalseg_s0009" in pipeline.bundle.header.get("provenance", {}).get("real_scans_seen", []):
@@ -90,20 +93,3 @@ def test_the_unseen_non_contrast_scan_gets_both_kidneys(pipeline, variant):
     dice = 2.0 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
     assert dice >= 0.85, dice
 
-
-@pytest.mark.parametrize("variant", ["from_kidney_middle", "to_kidney_middle"])
-def test_a_field_of_view_that_ends_halfway_down_the_kidneys_keeps_both(pipeline, variant):
-    """totalseg_s0009 cut at its kidneys' middle (a pelvis scan catching their lower halves, an
-    upper-abdomen scan their upper halves): v1.4 found one kidney of two (Dice 0.52 / 0.54), its
-    segmenter seeing air beyond the scan's end; v1.5 0.91 / 0.90, both kidneys."""
-    import SimpleITK as sitk
-
-    if "totalseg_s0009" in pipeline.bundle.header.get("provenance", {}).get("real_scans_seen", []):
-        pytest.skip("the bundled weights trained on totalseg_s0009")
-    image, labels = _variant("totalseg_s0009", variant)
-    truth = np.isin(sitk.GetArrayFromImage(labels), (2, 3))
-    result = pipeline.run(_as_volume(image))
-    assert set(result.report["sides"]) == {"right", "left"}
-    predicted = result.labels.array > 0
-    dice = 2.0 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
-    assert dice >= 0.85, dice

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.spatial.transform import Rotation
 
 from KidneyTumorSegLib.labelled_scans import label_names
 
@@ -80,13 +81,8 @@ def variants(image: sitk.Image, labels: sitk.Image, seed: int = 0, kidney_ids=()
 
 
 def _rotation(axis: int, degrees: float) -> np.ndarray:
-    """The 3 x 3 rotation by ``degrees`` about physical axis ``axis`` (0 = L-R, 1 = P-A, 2 = S-I)."""
-    a = np.deg2rad(degrees)
-    c, s = np.cos(a), np.sin(a)
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
+    """The 3 x 3 right-handed rotation by ``degrees`` about physical axis ``axis`` (0 = L-R, 1 = P-A, 2 = S-I)."""
+    return Rotation.from_rotvec(np.deg2rad(degrees) * np.eye(3)[axis]).as_matrix()
 
 
 def _centre(image: sitk.Image) -> np.ndarray:
