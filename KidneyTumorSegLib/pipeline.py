@@ -359,8 +359,15 @@ class Pipeline:
         """The kidney-with-tumour region of stitched probabilities at this bundle's thresholds."""
         return postprocess.region_mask(probs[0], probs[1], postprocess.PostprocessConfig.from_model(self.config))
 
-    @staticmethod
-    def _widened(volume: Volume, probs: np.ndarray, canvas: Volume, wide_canvas: Volume):
+    def _scan_on_canvas(self, volume: Volume, origin, size_xyz, spacing) -> Volume:
+        """The scan resampled onto a segmenter canvas (slab by slab: no whole-scan float32 copy), and
+        past its head and foot ends what ``beyond_scan`` says the segmenter sees there."""
+        canvas = resampling.resample_box_chunked(volume, origin, tuple(size_xyz), tuple(spacing))
+        if self.config.segmenter.beyond_scan == "edge":
+            canvas = resampling.extend_slices_beyond(canvas, volume)
+        return canvas
+
+    def _widened(self, volume: Volume, probs: np.ndarray, canvas: Volume, wide_canvas: Volume):
         """The fine canvas grown on its own lattice to cover the coarse canvas too: the scan resampled
         there, the fine probabilities placed where they were (0 beyond), and where the fine windows
         looked."""
@@ -370,7 +377,7 @@ class Pipeline:
         lo_i = np.floor((lo - canvas.origin) / sp + 1e-6).astype(int)
         hi_i = np.ceil((hi - canvas.origin) / sp - 1e-6).astype(int)
         origin = canvas.origin + lo_i * sp
-        grown = resampling.resample_box_chunked(volume, origin, tuple(hi_i - lo_i + 1), tuple(sp))
+        grown = self._scan_on_canvas(volume, origin, hi_i - lo_i + 1, sp)
         at = (-lo_i)[::-1]
         place = tuple(slice(a, a + n) for a, n in zip(at, canvas.array.shape))
         out = np.zeros((probs.shape[0], *grown.array.shape), np.float32)
@@ -397,10 +404,7 @@ class Pipeline:
         lo_c = np.min(starts, axis=0)
         hi_c = np.max(starts, axis=0) + np.asarray(patch)
         origin = anchor + lo_c[::-1] * seg_sp
-        # slab by slab on extracted regions: no whole-scan float32 copy
-        canvas = resampling.resample_box_chunked(volume, origin, tuple((hi_c - lo_c)[::-1]), tuple(seg_sp))
-        if cfg.beyond_scan == "edge":
-            canvas = resampling.extend_slices_beyond(canvas, volume)
+        canvas = self._scan_on_canvas(volume, origin, (hi_c - lo_c)[::-1], seg_sp)
         canvas_img = preprocess.normalise_hu(canvas.array, self.config.preprocess)
         ctx.clock.lap("preprocess")
         stitcher = patches.Stitcher(2, canvas_img.shape, patch)

@@ -285,12 +285,23 @@ def test_a_widened_canvas_keeps_the_fine_probabilities_where_they_lay():
     fine = resampling.resample_box_chunked(scan, (0.0, 0.0, 0.0), (5, 6, 7), (2.0, 2.0, 2.0))
     coarse = Volume(np.zeros((4, 4, 4), np.float32), (3.0, 3.0, 3.0), (-9.0, -3.0, 1.0))
     probs = np.stack([fine.array, -fine.array])
-    out, grown, looked = Pipeline._widened(scan, probs, fine, coarse)
+    pipe = Pipeline(seeded_bundle(ModelConfig.tiny()), device="cpu")
+    out, grown, looked = pipe._widened(scan, probs, fine, coarse)
     assert np.allclose(grown.origin, (-10.0, -4.0, 0.0)) and grown.spacing == fine.spacing
     assert grown.array.shape == (7, 8, 10) and looked.sum() == fine.array.size
     np.testing.assert_allclose(out[0][looked], grown.array[looked], atol=1e-3)  # same places, same values
     np.testing.assert_allclose(out[1][looked], -grown.array[looked], atol=1e-3)
     assert not out[:, ~looked].any()
+    # the grown canvas honours beyond_scan as the fine one does: past the scan's head end (z 19 mm),
+    # air, or with "edge" its last slice inside (z 18 mm) carried on
+    tall = Volume(np.zeros((4, 4, 4), np.float32), (3.0, 3.0, 3.0), (-9.0, -3.0, 20.0))  # up to z 29 mm
+    _, grown, _ = pipe._widened(scan, probs, fine, tall)
+    z = grown.origin[2] + grown.spacing[2] * np.arange(grown.array.shape[0])
+    assert (grown.array[z > 19.0] == resampling.AIR_HU).all()
+    pipe.config.segmenter.beyond_scan = "edge"
+    _, grown, _ = pipe._widened(scan, probs, fine, tall)
+    last = np.flatnonzero(z <= 19.0)[-1]
+    assert (z > 19.0).any() and all(np.array_equal(grown.array[k], grown.array[last]) for k in np.flatnonzero(z > 19.0))
 
 
 @pytest.mark.parametrize("beyond", ["air", "edge"])
