@@ -35,6 +35,8 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from KidneyTumorSegLib.labelled_scans import label_names
+from KidneyTumorSegLib.training.evaluate import cut_at_kidneys_middle
+from KidneyTumorSegLib.volume import Volume
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "real_ct"
@@ -99,11 +101,12 @@ def tilted_storage(image: sitk.Image, labels: sitk.Image, degrees: float):
     local = (corners - corners[0]) @ direction  # corner coordinates along the new grid's axes (mm)
     low, high = local.min(axis=0), local.max(axis=0)
     size = [int(np.ceil((h - lo) / s)) + 1 for lo, h, s in zip(low, high, spacing)]
-    origin = corners[0] + direction @ low
-    args = (size, sitk.Transform(), None, tuple(origin), tuple(spacing), tuple(direction.flatten()))
-    ct = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), args[0], args[1], sitk.sitkLinear, *args[3:],
-                       -1024.0, sitk.sitkFloat32)
-    lab = sitk.Resample(labels, args[0], args[1], sitk.sitkNearestNeighbor, *args[3:], 0, labels.GetPixelID())
+    grid = sitk.Image(size, sitk.sitkUInt8)  # the tilted grid, as a reference to resample onto
+    grid.SetOrigin(tuple(corners[0] + direction @ low))
+    grid.SetSpacing(tuple(spacing))
+    grid.SetDirection(tuple(direction.flatten()))
+    ct = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    lab = sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
     return ct, lab
 
 
@@ -134,20 +137,17 @@ def turned_body(image: sitk.Image, labels: sitk.Image, axis: int, degrees: float
 
 
 def cut_at_kidney_middle(image: sitk.Image, labels: sitk.Image, kidney_ids, keep_below: bool):
-    """The scan's slices below (or above) the middle of its kidneys' head-foot extent; None when the
-    scan has no kidney labels or its slices are not head-foot."""
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    if abs(direction[2, 2]) < 0.9:
+    """The scan's slices below (or above) the middle of its kidneys' head-foot extent, cut as
+    ``evaluate --cut-field`` cuts phantoms; None when the scan has no kidney labels or its slices
+    are not axial."""
+    if not np.isin(sitk.GetArrayViewFromImage(labels), list(kidney_ids)).any():
         return None
-    k = np.nonzero(np.isin(sitk.GetArrayViewFromImage(labels), list(kidney_ids)).any(axis=(1, 2)))[0]
-    if k.size == 0:
+    try:
+        ct, lab = cut_at_kidneys_middle(Volume.from_sitk(image), Volume.from_sitk(labels),
+                                        "below" if keep_below else "above", kidney_ids)
+    except ValueError:  # oblique or non-axial slices
         return None
-    middle = int(round((k.min() + k.max()) / 2.0))
-    upward = direction[2, 2] > 0  # slice index grows towards the head
-    lower_slices = keep_below == upward  # keep the indices below the middle
-    n = image.GetSize()[2]
-    start, stop = (0, middle) if lower_slices else (middle, n)
-    return sitk.Cast(image[:, :, start:stop], sitk.sitkFloat32), labels[:, :, start:stop]
+    return sitk.Cast(ct.to_sitk(), sitk.sitkFloat32), lab.to_sitk()
 
 
 def main(argv=None) -> int:

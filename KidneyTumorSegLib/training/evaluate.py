@@ -112,25 +112,28 @@ def real_body_cases(masks: dict[str, Path], bodies: list[Path], seed: int = 0, g
 CUT_FIELDS = ("below", "above")
 
 
-def cut_at_kidneys_middle(ct: Volume, truth: Volume, keep: str) -> tuple[Volume, Volume]:
-    """The phantom's slices below (``keep="below"``: a pelvis scan catching the kidneys' lower
-    halves) or above (an upper-abdomen scan catching their upper halves) the middle of its kidneys'
+def cut_at_kidneys_middle(ct: Volume, truth: Volume, keep: str, kidney_ids=None) -> tuple[Volume, Volume]:
+    """The scan's slices below (``keep="below"``: a pelvis scan catching the kidneys' lower halves)
+    or above (an upper-abdomen scan catching their upper halves) the middle of its kidneys'
     head-foot extent, image and truth alike: a field of view that ends inside the kidneys, as scans
-    made for something else (the chest, the pelvis) often do."""
+    made for something else (the chest, the pelvis) often do. The kidneys are the truth's non-zero
+    voxels (a phantom's kidney and tumour), or its ``kidney_ids`` (a real scan's label map)."""
     if keep not in CUT_FIELDS:
         raise ValueError(f"keep is one of {', '.join(CUT_FIELDS)}, not {keep!r}")
     perm = signed_permutation(ct.direction)
     if perm is None or perm[2][0] != 2:
-        raise ValueError("a phantom's slices are axial, and this one's are not")
+        raise ValueError("the scan's slices are not axial")
     sign = perm[2][1]
-    slices = np.flatnonzero((truth.array > 0).any(axis=(1, 2)))
+    kidney = truth.array > 0 if kidney_ids is None else np.isin(truth.array, list(kidney_ids))
+    n = ct.array.shape[0]
+    up = slice(None) if sign > 0 else slice(None, None, -1)  # the slices from the feet up
+    slices = np.flatnonzero(kidney.any(axis=(1, 2))[up])
     if slices.size == 0:
         return ct, truth
     middle = int(round((slices[0] + slices[-1]) / 2.0))  # the middle slice goes with the upper part
-    if sign > 0:  # slice indices grow towards the head
-        lo, hi = (0, middle) if keep == "below" else (middle, ct.array.shape[0])
-    else:
-        lo, hi = (middle + 1, ct.array.shape[0]) if keep == "below" else (0, middle + 1)
+    lo, hi = (0, middle) if keep == "below" else (middle, n)
+    if sign < 0:  # back to the slice indices, which grow towards the feet
+        lo, hi = n - hi, n - lo
     box_lo, box_hi = (0, 0, lo), (ct.array.shape[2], ct.array.shape[1], hi)
     return ct.sub_volume(box_lo, box_hi), truth.sub_volume(box_lo, box_hi)
 
