@@ -79,11 +79,17 @@ def label_names(case_dir: Path) -> dict[int, str]:
     return {int(k): v.lower().replace(" ", "") for k, v in json.loads(names.read_text()).items()}
 
 
+def named_kidney_ids(case_dir: Path) -> tuple[int, ...]:
+    """The ids a case's ``labels.json`` names as kidney ('rightkidney', 'kidney_left', ...); empty
+    when it names none or there is no such file."""
+    return tuple(i for i, v in label_names(case_dir).items() if "kidney" in v)
+
+
 def guess_mapping(case_dir: Path) -> LabelMapping:
     """The mapping a case's own ``labels.json`` implies (names such as 'rightkidney' or
     'kidney_left'); the KiTS mapping for a KiTS-layout case."""
     names = case_dir / "labels.json"
-    kid = tuple(i for i, v in label_names(case_dir).items() if "kidney" in v)
+    kid = named_kidney_ids(case_dir)
     if kid:
         return LabelMapping(kid)
     if (case_dir / "imaging.nii.gz").exists():

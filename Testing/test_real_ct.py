@@ -49,14 +49,14 @@ def _variant(case, variant):
     import SimpleITK as sitk
     from scanner_variants import variants
 
-    from KidneyTumorSegLib.labelled_scans import label_names
+    from KidneyTumorSegLib.labelled_scans import named_kidney_ids
 
     image = sitk.ReadImage(str(REAL / case / "ct.nii.gz"))
     labels = sitk.ReadImage(str(REAL / case / "labels.nii.gz"))
     if variant == "as scanned":
         return image, labels
-    kidney_ids = [i for i, v in label_names(REAL / case).items() if "kidney" in v]
-    return next((ct, lab) for name, ct, lab in variants(image, labels, kidney_ids=kidney_ids) if name == variant)
+    named = variants(image, labels, kidney_ids=named_kidney_ids(REAL / case))
+    return next((ct, lab) for name, ct, lab in named if name == variant)
 
 
 @pytest.mark.parametrize("case, variant", [
@@ -92,4 +92,3 @@ def test_the_unseen_non_contrast_scan_gets_both_kidneys(pipeline, variant):
     predicted = result.labels.array > 0
     dice = 2.0 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
     assert dice >= 0.85, dice
-

@@ -34,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from KidneyTumorSegLib.labelled_scans import label_names
+from KidneyTumorSegLib.labelled_scans import named_kidney_ids
 from KidneyTumorSegLib.training.evaluate import cut_at_kidneys_middle
 from KidneyTumorSegLib.volume import Volume
 
@@ -167,8 +167,7 @@ def main(argv=None) -> int:
             return 2
         image = sitk.ReadImage(str(case / "ct.nii.gz"))
         labels = sitk.ReadImage(str(case / "labels.nii.gz"))
-        kidney_ids = [i for i, v in label_names(case).items() if "kidney" in v]
-        for variant, ct, lab in variants(image, labels, kidney_ids=kidney_ids):
+        for variant, ct, lab in variants(image, labels, kidney_ids=named_kidney_ids(case)):
             d = out / f"{name}_{variant}"
             d.mkdir(parents=True, exist_ok=True)
             sitk.WriteImage(sitk.Cast(sitk.Round(ct), sitk.sitkInt16), str(d / "ct.nii.gz"))
