@@ -70,6 +70,16 @@ def test_tilted_storage_moves_nothing_in_the_body():
     ml = lambda lab: (sitk.GetArrayViewFromImage(lab) == 2).sum() * np.prod(lab.GetSpacing())  # noqa: E731
     assert ml(tilted_labels) == pytest.approx(ml(labels), rel=0.1)
     assert float(sitk.GetArrayViewFromImage(tilted_ct).max()) == pytest.approx(200.0, abs=1.0)
+    # a tilted acquisition's ends are tilted planes inside the scan's slab, not wedges of air: every
+    # kept slice reads the scan (-1000 HU here, -1024 outside) all along its middle column, and the
+    # slab is as thick as the scan's 97.5 mm allows once its 94 mm depth is tilted 15 degrees
+    array = sitk.GetArrayFromImage(tilted_ct)  # (k, j, i)
+    footprint = array[:, :, array.shape[2] // 2]
+    rows = np.flatnonzero((footprint > -1010).all(axis=0))  # the j rows over the scan in every slice
+    assert rows.size > 0.8 * 94 / SPACING[1]  # (an untrimmed tilted grid: its end slices are mostly air)
+    thickness = tilted_ct.GetSize()[2] * SPACING[2]
+    expected = 97.5 * np.cos(np.radians(15)) - 94 * np.sin(np.radians(15))  # about 70 mm
+    assert expected - 2 * SPACING[2] <= thickness <= expected + 2 * SPACING[2]
 
 
 @pytest.mark.parametrize("axis, degrees", [(0, 15.0), (2, 20.0)])
@@ -112,4 +122,5 @@ def test_no_cut_without_kidney_labels():
     assert cut_at_kidney_middle(ct, labels, [7], keep_below=True) is None
     names = [name for name, _, _ in variants(ct, labels)]
     assert "oblique15" in names and "from_kidney_middle" not in names
-    assert {"from_kidney_middle", "to_kidney_middle"} <= {n for n, _, _ in variants(ct, labels, kidney_ids=[2])}
+    assert {"from_kidney_middle", "to_kidney_middle", "oblique15_from_kidney_middle", "oblique15_to_kidney_middle"} <= {
+        n for n, _, _ in variants(ct, labels, kidney_ids=[2])}

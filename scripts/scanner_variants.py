@@ -8,15 +8,16 @@ For each named scan, writes ``OUT_DIR/<scan>_<variant>/{ct,labels}.nii.gz`` (+ i
   thickness, then sampled at that interval);
 - ``pixel2.5mm``: coarser pixels (the in-plane point-spread of 2.5 mm pixels, then sampled);
 - ``noise25``: 25 HU of extra white noise (a low-dose acquisition);
-- ``oblique15``: the same body stored on slices tilted 15 degrees about the left-right axis (a
-  gantry tilt, as the file's direction matrix records it): only the storage changes, so the
-  result should too only by interpolation;
+- ``oblique15``: the same body acquired on slices tilted 15 degrees about the left-right axis (a
+  gantry tilt, as the file's direction matrix records it), the tilted slab inside the scan's own
+  (its ends are tilted planes): only the storage and the ends change;
 - ``pitch15``, ``roll20``: the body itself turned in an axis-aligned scan, 15 degrees about the
   left-right axis (a trunk lying inclined; the slices the turn tips out of the scan are dropped) or
   20 degrees about the head-foot axis (a patient lying turned on the table);
 - ``from_kidney_middle``, ``to_kidney_middle``: the field of view starts, or ends, halfway down
   the kidneys (a pelvis scan that catches their lower halves, an upper-abdomen scan their upper
-  halves); only for scans with kidney labels.
+  halves); only for scans with kidney labels. ``oblique15_from_kidney_middle`` and
+  ``oblique15_to_kidney_middle``: the same, acquired on tilted slices (a tilted end through the kidneys).
 
 Labels follow by nearest neighbour. ``evaluate --scans OUT_DIR`` then measures robustness to each
 change on the same anatomy. The variants are derived patient data: write them outside the project
@@ -80,6 +81,7 @@ def variants(image: sitk.Image, labels: sitk.Image, seed: int = 0, kidney_ids=()
             cut = cut_at_kidney_middle(image, labels, kidney_ids, keep_below=part == "from_kidney_middle")
             if cut is not None:
                 yield (part, *cut)
+                yield (f"oblique15_{part}", *tilted_storage(*cut, 15.0))
 
 
 def _rotation(axis: int, degrees: float) -> np.ndarray:
@@ -92,8 +94,10 @@ def _centre(image: sitk.Image) -> np.ndarray:
 
 
 def tilted_storage(image: sitk.Image, labels: sitk.Image, degrees: float):
-    """The same physical image on a grid whose slices are tilted by ``degrees`` about the L-R axis,
-    large enough to hold all of it (the corners outside the scan are air)."""
+    """The same body acquired on slices tilted by ``degrees`` about the L-R axis (a gantry tilt):
+    a tilted grid holding the scan's width, keeping only the tilted slices that lie wholly inside
+    the scan's own slab (its ends are tilted planes, as a tilted acquisition's are, not wedges of
+    air); sideways the corners outside the scan are air."""
     direction = _rotation(0, degrees) @ np.asarray(image.GetDirection()).reshape(3, 3)
     spacing = np.asarray(image.GetSpacing(), float)
     corners = np.array([image.TransformIndexToPhysicalPoint([int(c * (n - 1)) for c, n in zip(bits, image.GetSize())])
@@ -101,8 +105,27 @@ def tilted_storage(image: sitk.Image, labels: sitk.Image, degrees: float):
     local = (corners - corners[0]) @ direction  # corner coordinates along the new grid's axes (mm)
     low, high = local.min(axis=0), local.max(axis=0)
     size = [int(np.ceil((h - lo) / s)) + 1 for lo, h, s in zip(low, high, spacing)]
+    origin = corners[0] + direction @ low
+    # a tilted slice is kept when every point of it over the scan's footprint lies between the
+    # scan's first and last slices (the old slice index is affine along the slice: a lattice of
+    # points along it and across finds its extremes)
+    old = Volume(np.zeros((1, 1, 1), np.uint8), image.GetSpacing(), image.GetOrigin(),
+                 np.asarray(image.GetDirection()).reshape(3, 3))
+    n_old = np.asarray(image.GetSize(), float)
+    ii, jj = np.meshgrid(np.linspace(0, size[0] - 1, 9), np.linspace(0, size[1] - 1, 400), indexing="ij")
+    keep = []
+    for k in range(size[2]):
+        pts = origin + (np.stack([ii.ravel(), jj.ravel(), np.full(ii.size, k)], 1) * spacing) @ direction.T
+        ijk = old.physical_to_index(pts)
+        over = np.all((ijk[:, :2] >= 0) & (ijk[:, :2] <= n_old[:2] - 1), axis=1)
+        if over.any() and ijk[over, 2].min() >= 0 and ijk[over, 2].max() <= n_old[2] - 1:
+            keep.append(k)
+    if not keep:
+        raise ValueError(f"no slice tilted {degrees} degrees lies wholly inside this scan")
+    origin = origin + direction[:, 2] * spacing[2] * keep[0]
+    size[2] = keep[-1] - keep[0] + 1
     grid = sitk.Image(size, sitk.sitkUInt8)  # the tilted grid, as a reference to resample onto
-    grid.SetOrigin(tuple(corners[0] + direction @ low))
+    grid.SetOrigin(tuple(float(c) for c in origin))
     grid.SetSpacing(tuple(spacing))
     grid.SetDirection(tuple(direction.flatten()))
     ct = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
