@@ -96,8 +96,9 @@ class SegmenterConfig:
     # with less conviction than a kidney. docs/evaluation/solitary_kidney/.
     min_region_confidence: float = 0.0
     # What the segmenter's windows see past the scan's head or foot end: "air" (as scanners pad)
-    # or "edge" (its last slice carried on, so a kidney the field of view cuts in half still has
-    # a body around it; resampling.extend_slices_beyond). docs/evaluation/field_of_view/.
+    # or "edge" (its end slices carried on along its own slice axis, tilted or not, so a kidney the
+    # field of view cuts in half still has a body around it; resampling.resample_box's beyond_scan).
+    # docs/evaluation/field_of_view/, docs/evaluation/tilted_ends/.
     beyond_scan: str = "air"
 
     def __post_init__(self):

@@ -362,10 +362,8 @@ class Pipeline:
     def _scan_on_canvas(self, volume: Volume, origin, size_xyz, spacing) -> Volume:
         """The scan resampled onto a segmenter canvas (slab by slab: no whole-scan float32 copy), and
         past its head and foot ends what ``beyond_scan`` says the segmenter sees there."""
-        canvas = resampling.resample_box_chunked(volume, origin, tuple(size_xyz), tuple(spacing))
-        if self.config.segmenter.beyond_scan == "edge":
-            canvas = resampling.extend_slices_beyond(canvas, volume)
-        return canvas
+        return resampling.resample_box_chunked(volume, origin, tuple(size_xyz), tuple(spacing),
+                                               beyond_scan=self.config.segmenter.beyond_scan)
 
     def _widened(self, volume: Volume, probs: np.ndarray, canvas: Volume, wide_canvas: Volume):
         """The fine canvas grown on its own lattice to cover the coarse canvas too: the scan resampled

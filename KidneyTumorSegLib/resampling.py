@@ -11,8 +11,9 @@ The engine's working grids have identity direction (LPS-aligned), so axial slice
 - :func:`to_reference` and :func:`labels_on_grid`: the phantom painter's coarse LPS grid to and from
   the caller's grid, separable (one 1D interpolation per axis) for axis-aligned directions.
 
-Outside the input, images read :data:`AIR_HU` and label maps 0; :func:`extend_slices_beyond`
-instead carries a grid's first and last slices inside the scan on past its head-foot ends.
+Outside the input, images read :data:`AIR_HU` and label maps 0; with ``beyond_scan="edge"`` an
+image's first and last slices along its own head-foot axis are instead carried on past its two ends
+(tilted ends too: the padding runs along the scan's slice axis, not the grid's).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import math
 
 import numpy as np
 
+from .config import BEYOND_SCAN
 from .volume import Volume, grid_corner_points, signed_permutation
 
 #: What an image reads outside the scan: air, as scanners store it.
@@ -92,6 +94,42 @@ def _as_float(image):
     return image
 
 
+def head_foot_axis(direction) -> int:
+    """The index axis (0 = i, 1 = j, 2 = k) closest to the patient's head-foot axis: the one along
+    which a scan has its two ends (k for axial slices, tilted or not)."""
+    return int(np.argmax(np.abs(np.asarray(direction, float)[2, :])))
+
+
+def _padding_for(k: np.ndarray, n: int) -> tuple[int, int]:
+    """Slices to add before index 0 and after index ``n - 1`` so that every continuous index ``k``
+    lies inside, with one slice of margin for interpolation."""
+    below = int(math.ceil(-k.min())) + 1 if k.min() < 0 else 0
+    above = int(math.ceil(k.max() - (n - 1))) + 1 if k.max() > n - 1 else 0
+    return below, above
+
+
+def end_padding(volume: Volume, points_xyz) -> tuple[int, int]:
+    """Slices ``beyond_scan="edge"`` adds before the first and after the last slice along
+    :func:`head_foot_axis` so that every physical point lies within ``volume``'s slab."""
+    axis = head_foot_axis(volume.direction)
+    return _padding_for(volume.physical_to_index(points_xyz)[:, axis], volume.size_xyz[axis])
+
+
+def _carry_ends_on(image, points_xyz):
+    """``image`` (SimpleITK) padded along its head-foot axis with copies of its end slices, as far
+    as the physical points need (ITK's zero-flux Neumann padding)."""
+    import SimpleITK as sitk
+
+    axis = head_foot_axis(np.asarray(image.GetDirection()).reshape(3, 3))
+    k = np.array([image.TransformPhysicalPointToContinuousIndex([float(c) for c in p])[axis] for p in points_xyz])
+    below, above = _padding_for(k, image.GetSize()[axis])
+    if below == 0 and above == 0:
+        return image
+    lower, upper = [0, 0, 0], [0, 0, 0]
+    lower[axis], upper[axis] = below, above
+    return sitk.ZeroFluxNeumannPad(image, lower, upper)
+
+
 # --- whole volume ----------------------------------------------------------------------------------
 def resample_box(
     volume: Volume,
@@ -101,17 +139,23 @@ def resample_box(
     interpolator: str = "linear",
     default_value: float = AIR_HU,
     output_dtype=None,
+    beyond_scan: str = "air",
 ) -> Volume:
     """Resample ``volume`` onto an identity-direction grid (trilinear by default, after the
-    :func:`shrink_factors` block averaging)."""
+    :func:`shrink_factors` block averaging); past the scan's head-foot ends ``default_value``, or
+    with ``beyond_scan="edge"`` its end slices carried on."""
     import SimpleITK as sitk
 
+    if beyond_scan not in BEYOND_SCAN:
+        raise ValueError(f"beyond_scan is one of {', '.join(BEYOND_SCAN)}, not {beyond_scan!r}")
     image = volume.to_sitk()
     if interpolator == "linear":
         factors = shrink_factors(volume, spacing_mm)
         if max(factors) >= 2:
             image = sitk.BinShrink(image, factors)
         image = _as_float(image)
+    if beyond_scan == "edge":
+        image = _carry_ends_on(image, grid_corner_points(origin_xyz, spacing_mm, size_xyz))
     resampler = sitk.ResampleImageFilter()
     resampler.SetOutputOrigin(tuple(float(o) for o in origin_xyz))
     resampler.SetOutputSpacing(tuple(float(s) for s in spacing_mm))
@@ -153,22 +197,27 @@ def resample_box_chunked(
     default_value: float = AIR_HU,
     output_dtype=None,
     slab_voxels: int | None = None,
+    beyond_scan: str = "air",
 ) -> Volume:
     """:func:`resample_box`, computed tile by tile of the output grid.
 
     The output box is halved (along z, then y) until the input region a tile can touch (with the
-    interpolation and block-averaging margin, block boundaries aligned with the whole image's)
-    holds at most ``slab_voxels`` voxels; each tile then gives the same values as the whole-volume
-    call, while no more than one tile's input is ever copied or cast to float32.
+    interpolation and block-averaging margin, block boundaries aligned with the whole image's, and
+    the end slices ``beyond_scan="edge"`` adds) holds at most ``slab_voxels`` voxels; each tile then
+    gives the same values as the whole-volume call, while no more than one tile's input is ever
+    copied or cast to float32.
     """
     slab_voxels = slab_voxels or SLAB_VOXELS
     size_xyz = tuple(int(s) for s in size_xyz)
     spacing_mm = tuple(float(s) for s in spacing_mm)
     origin_xyz = np.asarray(origin_xyz, dtype=np.float64)
     if volume.array.size <= slab_voxels:
-        return resample_box(volume, origin_xyz, size_xyz, spacing_mm, interpolator, default_value, output_dtype)
+        return resample_box(volume, origin_xyz, size_xyz, spacing_mm, interpolator, default_value, output_dtype,
+                            beyond_scan)
     factors = shrink_factors(volume, spacing_mm) if interpolator == "linear" else [1, 1, 1]
     pad = [2 * f + 2 for f in factors]
+    end_axis = head_foot_axis(volume.direction)  # (the halving loop below has its own 'axis')
+    n_end = volume.size_xyz[end_axis]
     nx, ny, nz = size_xyz
     if output_dtype is not None:
         dtype = np.dtype(output_dtype)
@@ -181,8 +230,24 @@ def resample_box_chunked(
     def region(z0, z1, y0, y1):
         tile_origin = origin_xyz + np.array([0.0, y0 * spacing_mm[1], z0 * spacing_mm[2]])
         tile_size = (nx, y1 - y0, z1 - z0)
-        lo, hi = index_box(volume, grid_corner_points(tile_origin, spacing_mm, tile_size), pad, factors)
-        return tile_origin, tile_size, lo, hi, int(np.prod(np.maximum(hi - lo, 0)))
+        corners = grid_corner_points(tile_origin, spacing_mm, tile_size)
+        lo, hi = index_box(volume, corners, pad, factors)
+        added = 0
+        if beyond_scan == "edge":
+            below, above = end_padding(volume, corners)
+            # A tile past an end still reads the end slices (a whole block's worth, for the averaging).
+            if above:
+                lo[end_axis] = min(lo[end_axis], max(0, n_end - pad[end_axis] - factors[end_axis]))
+                lo[end_axis] -= lo[end_axis] % factors[end_axis]
+                hi[end_axis] = n_end
+            if below:
+                lo[end_axis], hi[end_axis] = 0, max(hi[end_axis], min(n_end, pad[end_axis] + factors[end_axis]))
+            added = below + above
+        extent = np.maximum(hi - lo, 0)
+        need = int(np.prod(extent))
+        if need and added:
+            need += int(need // max(1, extent[end_axis]) * added)
+        return tile_origin, tile_size, lo, hi, need
 
     tiles = [(0, nz, 0, ny)]  # (z0, z1, y0, y1) of the output, halved until each input region fits
     while tiles:
@@ -207,32 +272,9 @@ def resample_box_chunked(
         part = None
         if need > 0:
             part = resample_box(volume.sub_volume(lo, hi), tile_origin, tile_size, spacing_mm,
-                                interpolator, default_value, output_dtype).array
+                                interpolator, default_value, output_dtype, beyond_scan).array
         out[z0:z1, y0:y1] = default_value if part is None else part
     return Volume(out, spacing_mm, tuple(origin_xyz), np.eye(3))
-
-
-def extend_slices_beyond(grid: Volume, volume: Volume) -> Volume:
-    """``grid`` (LPS-aligned, resampled from ``volume``) with every slice beyond the scan's head or
-    foot end replaced by the last slice inside it.
-
-    A field of view that ends halfway down a kidney leaves the segmenter's window a slab of air
-    against a cut kidney, an image no training patch looked like; the body carried on unchanged
-    is the nearer guess, and what is labelled there is dropped on the way back to the scan's
-    grid. Only for axis-aligned scans (an oblique scan has no one head-foot end): an oblique one's
-    grid comes back unchanged."""
-    if signed_permutation(volume.direction) is None:
-        return grid
-    lo_v, hi_v = volume.physical_bounds()
-    z = grid.origin[2] + grid.spacing[2] * np.arange(grid.array.shape[0])
-    eps = 1e-3 * grid.spacing[2]
-    inside = np.flatnonzero((z >= lo_v[2] - eps) & (z <= hi_v[2] + eps))
-    if inside.size == 0 or inside.size == z.size:
-        return grid
-    array = grid.array.copy()
-    array[: inside[0]] = array[inside[0]]
-    array[inside[-1] + 1 :] = array[inside[-1]]
-    return grid.with_array(array)
 
 
 def faces_inside(grid: Volume, volume: Volume) -> dict[str, bool]:

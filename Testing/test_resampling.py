@@ -108,22 +108,66 @@ def test_chunked_resampling_keeps_the_memory_peak_small():
     assert int(chunked) < 40 * 2**20 and int(chunked) + int(whole) > 70 * 2**20 and float(diff) < 1e-3
 
 
-def test_slices_past_a_scans_ends_carry_its_edge_slices_on():
-    from KidneyTumorSegLib.resampling import extend_slices_beyond
+def test_slices_past_a_scans_ends_carry_its_end_slices_on():
+    """``beyond_scan="edge"``: past the head and foot ends the grid reads the scan's end slices;
+    inside, and sideways beyond the scan, it reads what it reads with air."""
+    rng = np.random.default_rng(3)
+    arr = rng.normal(0, 100, (4, 5, 6)).astype(np.float32)
+    scan = Volume(arr, (1.0, 1.0, 2.0), (0.0, 0.0, 10.0))  # z 10..16 mm
+    origin, size, sp = (0.0, 0.0, 6.0), (6, 5, 9), (1.0, 1.0, 2.0)  # z 6, 8, ..., 22 mm
+    edge = resampling.resample_box(scan, origin, size, sp, beyond_scan="edge").array
+    air = resampling.resample_box(scan, origin, size, sp).array
+    np.testing.assert_allclose(edge[2:6], arr, atol=1e-4)  # z 10..16: inside, untouched
+    np.testing.assert_allclose(air[2:6], arr, atol=1e-4)
+    assert np.all(air[:2] == resampling.AIR_HU) and np.all(air[6:] == resampling.AIR_HU)
+    for k in (0, 1):  # below the foot end: its first slice
+        np.testing.assert_allclose(edge[k], arr[0], atol=1e-4)
+    for k in (6, 7, 8):  # above the head end: its last slice
+        np.testing.assert_allclose(edge[k], arr[-1], atol=1e-4)
+    # a scan stored feet-first (k towards the feet) has the same two ends
+    flipped = Volume(arr[::-1].copy(), scan.spacing, (0.0, 0.0, 16.0), np.diag([1.0, 1.0, -1.0]))
+    np.testing.assert_allclose(resampling.resample_box(flipped, origin, size, sp, beyond_scan="edge").array, edge,
+                               atol=1e-4)
+    # sideways beyond the scan it is still air: only the head-foot ends are carried on
+    wide = resampling.resample_box(scan, (-3.0, 0.0, 6.0), (9, 5, 9), sp, beyond_scan="edge").array
+    assert np.all(wide[:, :, :3] == resampling.AIR_HU)
+    with pytest.raises(ValueError, match="beyond_scan is one of"):
+        resampling.resample_box(scan, origin, size, sp, beyond_scan="mirror")
 
-    scan = Volume(np.zeros((4, 3, 3), np.float32), (1.0, 1.0, 2.0), (0.0, 0.0, 10.0))  # z 10..16 mm
-    grid_array = np.arange(9 * 3 * 3, dtype=np.float32).reshape(9, 3, 3)
-    grid = Volume(grid_array, (1.0, 1.0, 2.0), (0.0, 0.0, 6.0))  # z 6, 8, ..., 22 mm
-    out = extend_slices_beyond(grid, scan).array
-    assert np.array_equal(out[2:6], grid_array[2:6])  # z 10..16: inside, untouched
-    assert all(np.array_equal(out[k], grid_array[2]) for k in (0, 1))  # below the foot end: its first slice
-    assert all(np.array_equal(out[k], grid_array[5]) for k in (6, 7, 8))  # above the head end: its last slice
-    # a scan stored feet-first (z index towards the feet) has the same two ends
-    flipped = Volume(scan.array, scan.spacing, (0.0, 0.0, 16.0), np.diag([1.0, 1.0, -1.0]))
-    assert np.array_equal(extend_slices_beyond(grid, flipped).array, out)
-    # a grid inside the scan, or an oblique scan (no one head-foot end), is left as it is
-    assert np.array_equal(extend_slices_beyond(grid, Volume(np.zeros((20, 3, 3), np.float32), (1, 1, 2),
-                                                            (0, 0, 0))).array, grid_array)
+
+def test_a_tilted_scans_ends_are_carried_on_along_its_own_slice_axis():
+    """Slices tilted 17 degrees (gantry tilt): past the tilted ends, the grid reads what a longer
+    scan of the same body would give, when the body does not change along the slice axis."""
     tilt = np.array([[1, 0, 0], [0, np.cos(0.3), -np.sin(0.3)], [0, np.sin(0.3), np.cos(0.3)]])
-    assert np.array_equal(extend_slices_beyond(grid, Volume(scan.array, scan.spacing, scan.origin, tilt)).array,
-                          grid_array)
+    rng = np.random.default_rng(4)
+    plane = rng.normal(0, 100, (40, 40)).astype(np.float32)
+    short = Volume(np.repeat(plane[None], 6, axis=0), (1.5, 1.5, 2.5), (-30.0, -30.0, -7.5), tilt)
+    long_origin = np.asarray(short.origin) - tilt[:, 2] * 2.5 * 30  # 30 slices more at each end
+    long = Volume(np.repeat(plane[None], 66, axis=0), (1.5, 1.5, 2.5), tuple(long_origin), tilt)
+    origin, size, sp = (-24.0, -10.0, -40.0), (30, 12, 40), (1.5, 1.5, 2.0)
+    edge = resampling.resample_box(short, origin, size, sp, beyond_scan="edge").array
+    truth = resampling.resample_box(long, origin, size, sp).array
+    air = resampling.resample_box(short, origin, size, sp).array
+    inside_long = truth != resampling.AIR_HU
+    assert (air == resampling.AIR_HU)[inside_long].mean() > 0.5  # most of the grid lies past the short scan's ends
+    np.testing.assert_allclose(edge[inside_long], truth[inside_long], atol=1e-2)
+
+
+@pytest.mark.parametrize("direction,spacing,target", [
+    (np.eye(3), (0.8, 0.8, 2.5), (4.0, 4.0, 4.0)),  # block averaging
+    (np.diag([-1.0, 1.0, -1.0]), (0.7, 0.7, 0.6), (2.0, 2.0, 2.0)),  # flipped axes, block averaging along z
+    (OBLIQUE_FLIPPED, (0.9, 0.7, 3.0), (2.0, 2.0, 2.0)),  # oblique
+])
+def test_chunked_resampling_carries_the_ends_on_as_the_whole_volume_call_does(direction, spacing, target):
+    rng = np.random.default_rng(6)
+    vol = Volume(rng.normal(0, 300, (40, 110, 100)).astype(np.int16), spacing, (-40.0, 20.0, 100.0), direction)
+    origin, size = resampling.canonical_box(vol, target)
+    reach = 12  # grid slices past each head-foot end
+    origin = np.asarray(origin) - [0.0, 0.0, reach * target[2]]
+    size = (size[0], size[1], size[2] + 2 * reach)
+    whole = resampling.resample_box(vol, origin, size, target, beyond_scan="edge").array
+    chunked = resampling.resample_box_chunked(vol, origin, size, target, slab_voxels=80_000, beyond_scan="edge").array
+    np.testing.assert_allclose(chunked, whole, atol=1e-3)
+    air = resampling.resample_box(vol, origin, size, target).array
+    # the slabs past the ends are no longer air (an oblique grid holds more sideways air)
+    assert np.mean(whole[:reach] != air[:reach]) > 0.3 and np.mean(whole[-reach:] != air[-reach:]) > 0.3
