@@ -65,7 +65,8 @@ def shrink_factors(volume: Volume, spacing_mm) -> list[int]:
     so a 4 mm localiser grid from a 0.7 mm scan sees mean HU, not aliased noise.
     """
     axis_aligned = np.allclose(np.abs(volume.direction), np.eye(3), atol=1e-3)
-    factors = [max(1, int(math.floor(t / s))) for t, s in zip(spacing_mm, volume.spacing)]
+    # never more than the axis holds: BinShrink refuses an image smaller than its factor
+    factors = [max(1, min(n, int(math.floor(t / s)))) for t, s, n in zip(spacing_mm, volume.spacing, volume.size_xyz)]
     return factors if axis_aligned and max(factors) >= 2 else [1, 1, 1]
 
 
@@ -109,8 +110,9 @@ def _padding_for(k: np.ndarray, n: int) -> tuple[int, int]:
 
 
 def end_padding(volume: Volume, points_xyz) -> tuple[int, int]:
-    """Slices ``beyond_scan="edge"`` adds before the first and after the last slice along
-    :func:`head_foot_axis` so that every physical point lies within ``volume``'s slab."""
+    """Slices of ``volume`` needed before its first and after its last slice along
+    :func:`head_foot_axis` for every physical point to lie within its slab: what a tile's memory
+    budget counts (``resample_box`` pads the block-averaged image, so it adds at most this many)."""
     axis = head_foot_axis(volume.direction)
     return _padding_for(volume.physical_to_index(points_xyz)[:, axis], volume.size_xyz[axis])
 
@@ -201,35 +203,26 @@ def resample_box_chunked(
 ) -> Volume:
     """:func:`resample_box`, computed tile by tile of the output grid.
 
-    The output box is halved (along z, then y) until the input region a tile can touch (with the
+    The output box is halved (along z, y or x) until the input region a tile can touch (with the
     interpolation and block-averaging margin, block boundaries aligned with the whole image's, and
-    the end slices ``beyond_scan="edge"`` adds) holds at most ``slab_voxels`` voxels; each tile then
-    gives the same values as the whole-volume call, while no more than one tile's input is ever
-    copied or cast to float32.
+    the end slices ``beyond_scan="edge"`` adds) holds at most ``slab_voxels`` voxels, or until no
+    halving shrinks it by a tenth any more (an oblique scan's thinnest slab spans its tilt); each
+    tile then gives the same values as the whole-volume call, while no more than one tile's input
+    is ever copied, padded or cast to float32.
     """
     slab_voxels = slab_voxels or SLAB_VOXELS
     size_xyz = tuple(int(s) for s in size_xyz)
     spacing_mm = tuple(float(s) for s in spacing_mm)
     origin_xyz = np.asarray(origin_xyz, dtype=np.float64)
-    if volume.array.size <= slab_voxels:
-        return resample_box(volume, origin_xyz, size_xyz, spacing_mm, interpolator, default_value, output_dtype,
-                            beyond_scan)
     factors = shrink_factors(volume, spacing_mm) if interpolator == "linear" else [1, 1, 1]
     pad = [2 * f + 2 for f in factors]
-    end_axis = head_foot_axis(volume.direction)  # (the halving loop below has its own 'axis')
+    end_axis = head_foot_axis(volume.direction)
     n_end = volume.size_xyz[end_axis]
     nx, ny, nz = size_xyz
-    if output_dtype is not None:
-        dtype = np.dtype(output_dtype)
-    elif interpolator == "linear":  # what resample_box returns: float32, or float64 kept as it is
-        dtype = np.dtype(np.float64 if volume.array.dtype == np.float64 else np.float32)
-    else:
-        dtype = volume.array.dtype
-    out = np.empty((nz, ny, nx), dtype=dtype)
 
-    def region(z0, z1, y0, y1):
-        tile_origin = origin_xyz + np.array([0.0, y0 * spacing_mm[1], z0 * spacing_mm[2]])
-        tile_size = (nx, y1 - y0, z1 - z0)
+    def region(z0, z1, y0, y1, x0, x1):
+        tile_origin = origin_xyz + np.array([x0 * spacing_mm[0], y0 * spacing_mm[1], z0 * spacing_mm[2]])
+        tile_size = (x1 - x0, y1 - y0, z1 - z0)
         corners = grid_corner_points(tile_origin, spacing_mm, tile_size)
         lo, hi = index_box(volume, corners, pad, factors)
         added = 0
@@ -245,35 +238,48 @@ def resample_box_chunked(
             added = below + above
         extent = np.maximum(hi - lo, 0)
         need = int(np.prod(extent))
-        if need and added:
+        if need and added:  # the padded slices count too
             need += int(need // max(1, extent[end_axis]) * added)
         return tile_origin, tile_size, lo, hi, need
 
-    tiles = [(0, nz, 0, ny)]  # (z0, z1, y0, y1) of the output, halved until each input region fits
+    whole = (0, nz, 0, ny, 0, nx)
+    if volume.array.size <= slab_voxels and (beyond_scan == "air" or region(*whole)[4] <= slab_voxels):
+        return resample_box(volume, origin_xyz, size_xyz, spacing_mm, interpolator, default_value, output_dtype,
+                            beyond_scan)
+    if output_dtype is not None:
+        dtype = np.dtype(output_dtype)
+    elif interpolator == "linear":  # what resample_box returns: float32, or float64 kept as it is
+        dtype = np.dtype(np.float64 if volume.array.dtype == np.float64 else np.float32)
+    else:
+        dtype = volume.array.dtype
+    out = np.empty((nz, ny, nx), dtype=dtype)
+
+    tiles = [whole]  # (z0, z1, y0, y1, x0, x1) of the output, halved until each input region fits
     while tiles:
-        z0, z1, y0, y1 = tiles.pop()
-        tile_origin, tile_size, lo, hi, need = region(z0, z1, y0, y1)
+        tile = tiles.pop()
+        tile_origin, tile_size, lo, hi, need = region(*tile)
         if need > slab_voxels:
-            # Halve along whichever of z and y shrinks the input region more, while that still pays
-            # (an oblique scan's thinnest slab spans its tilt: splitting on would only add calls).
+            # Halve along whichever axis shrinks the input region more, while that still pays (an
+            # oblique scan's thinnest slab spans its tilt: splitting on would only add calls).
             best = None
-            for axis in ("z", "y"):
-                a0, a1 = (z0, z1) if axis == "z" else (y0, y1)
+            for a in (0, 2, 4):  # z, y, x
+                a0, a1 = tile[a], tile[a + 1]
                 if a1 - a0 < 2:
                     continue
                 m = (a0 + a1) // 2
-                halves = [(z0, m, y0, y1), (m, z1, y0, y1)] if axis == "z" else [(z0, z1, y0, m), (z0, z1, m, y1)]
+                halves = [tile[:a] + (a0, m) + tile[a + 2:], tile[:a] + (m, a1) + tile[a + 2:]]
                 largest = max(region(*h)[4] for h in halves)
                 if best is None or largest < best[0]:
                     best = (largest, halves)
             if best is not None and best[0] <= 0.9 * need:
                 tiles += best[1][::-1]
                 continue
+        z0, z1, y0, y1, x0, x1 = tile
         part = None
         if need > 0:
             part = resample_box(volume.sub_volume(lo, hi), tile_origin, tile_size, spacing_mm,
                                 interpolator, default_value, output_dtype, beyond_scan).array
-        out[z0:z1, y0:y1] = default_value if part is None else part
+        out[z0:z1, y0:y1, x0:x1] = default_value if part is None else part
     return Volume(out, spacing_mm, tuple(origin_xyz), np.eye(3))
 
 

@@ -131,6 +131,12 @@ def test_slices_past_a_scans_ends_carry_its_end_slices_on():
     # sideways beyond the scan it is still air: only the head-foot ends are carried on
     wide = resampling.resample_box(scan, (-3.0, 0.0, 6.0), (9, 5, 9), sp, beyond_scan="edge").array
     assert np.all(wide[:, :, :3] == resampling.AIR_HU)
+    # a scan stored sagittally (its head-foot axis is i) has its ends along i
+    sagittal = Volume(np.ascontiguousarray(np.transpose(arr, (2, 1, 0))), (2.0, 1.0, 1.0), (0.0, 0.0, 10.0),
+                      np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+    assert resampling.head_foot_axis(sagittal.direction) == 0
+    np.testing.assert_allclose(resampling.resample_box(sagittal, origin, size, sp, beyond_scan="edge").array, edge,
+                               atol=1e-4)
     with pytest.raises(ValueError, match="beyond_scan is one of"):
         resampling.resample_box(scan, origin, size, sp, beyond_scan="mirror")
 
@@ -171,3 +177,13 @@ def test_chunked_resampling_carries_the_ends_on_as_the_whole_volume_call_does(di
     air = resampling.resample_box(vol, origin, size, target).array
     # the slabs past the ends are no longer air (an oblique grid holds more sideways air)
     assert np.mean(whole[:reach] != air[:reach]) > 0.3 and np.mean(whole[-reach:] != air[-reach:]) > 0.3
+
+
+def test_a_scan_thinner_than_a_block_is_averaged_over_what_it_has():
+    """Two 0.5 mm slices onto a 2 mm grid: the block averaging takes both (BinShrink refuses an
+    image smaller than its factor), and the slab's mean comes back inside it."""
+    arr = np.stack([np.full((8, 8), 10.0, np.float32), np.full((8, 8), 30.0, np.float32)])
+    scan = Volume(arr, (1.0, 1.0, 0.5), (0.0, 0.0, 0.0))
+    assert resampling.shrink_factors(scan, (2.0, 2.0, 2.0)) == [2, 2, 2]
+    out = resampling.resample_box(scan, (0.5, 0.5, 0.25), (4, 4, 1), (2.0, 2.0, 2.0)).array
+    np.testing.assert_allclose(out, 20.0, atol=1e-4)

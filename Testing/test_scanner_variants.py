@@ -66,7 +66,7 @@ def test_tilted_storage_moves_nothing_in_the_body():
     direction = np.asarray(tilted_ct.GetDirection()).reshape(3, 3)
     assert np.degrees(np.arccos(direction[2, 2])) == pytest.approx(15.0, abs=1e-6)
     assert np.allclose(_centroid_mm(tilted_labels), ball, atol=1.0)
-    # the whole scan fits: the ball's volume is kept
+    # the ball in the middle of the scan is kept whole (only the tilted ends are trimmed)
     ml = lambda lab: (sitk.GetArrayViewFromImage(lab) == 2).sum() * np.prod(lab.GetSpacing())  # noqa: E731
     assert ml(tilted_labels) == pytest.approx(ml(labels), rel=0.1)
     assert float(sitk.GetArrayViewFromImage(tilted_ct).max()) == pytest.approx(200.0, abs=1.0)

@@ -97,7 +97,8 @@ def tilted_storage(image: sitk.Image, labels: sitk.Image, degrees: float):
     """The same body acquired on slices tilted by ``degrees`` about the L-R axis (a gantry tilt):
     a tilted grid holding the scan's width, keeping only the tilted slices that lie wholly inside
     the scan's own slab (its ends are tilted planes, as a tilted acquisition's are, not wedges of
-    air); sideways the corners outside the scan are air."""
+    air); sideways the corners outside the scan are air. For axial scans (k the slice axis), as
+    every scan here is."""
     direction = _rotation(0, degrees) @ np.asarray(image.GetDirection()).reshape(3, 3)
     spacing = np.asarray(image.GetSpacing(), float)
     corners = np.array([image.TransformIndexToPhysicalPoint([int(c * (n - 1)) for c, n in zip(bits, image.GetSize())])
