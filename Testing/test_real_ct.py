@@ -74,11 +74,12 @@ def test_head_and_neck_scans_get_no_kidney(pipeline, case, variant):
     assert ml < MAX_FALSE_ML, report["discarded_regions"]
 
 
-@pytest.mark.parametrize("variant", ["as scanned", "slice5mm", "pixel2.5mm", "from_kidney_middle", "to_kidney_middle"])
+@pytest.mark.parametrize("variant", ["as scanned", "slice5mm", "pixel2.5mm", "oblique15", "from_kidney_middle",
+                                     "to_kidney_middle"])
 def test_the_unseen_non_contrast_scan_gets_both_kidneys(pipeline, variant):
     """totalseg_s0009 (unenhanced, 1.5 mm): the project's target is kidney Dice 0.85 where no network
     trained on it, and it must hold as a 5 mm or 2.5 mm-pixel scanner would have shown it too, and
-    with a field of view that ends halfway down the kidneys (a pelvis or an upper-abdomen scan:
+    on slices tilted 15 degrees, and with a field of view that ends halfway down the kidneys (a pelvis or an upper-abdomen scan:
     v1.4 found one kidney of two there, Dice 0.52 / 0.54, its segmenter seeing air past the scan's
     end; v1.5 0.91 / 0.90)."""
     import SimpleITK as sitk
@@ -92,3 +93,21 @@ def test_the_unseen_non_contrast_scan_gets_both_kidneys(pipeline, variant):
     predicted = result.labels.array > 0
     dice = 2.0 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
     assert dice >= 0.85, dice
+
+
+def test_a_tilted_scans_ends_through_the_kidneys_are_carried_on(pipeline):
+    """ircadb1_1 on slices tilted 15 degrees, its tilted ends cutting both kidneys: the segmenter's
+    windows see the end slices carried on along the tilt (kidney Dice 0.946, both kidneys); when a
+    tilted scan saw air past its ends, 0.878. ircadb1_1 trained the bundled weights, so this holds
+    the engine to its measured behaviour; it is not a figure for unseen scans."""
+    import SimpleITK as sitk
+
+    from KidneyTumorSegLib.labelled_scans import named_kidney_ids
+
+    image, labels = _variant("ircadb1_1", "oblique15")
+    truth = np.isin(sitk.GetArrayFromImage(labels), list(named_kidney_ids(REAL / "ircadb1_1")))
+    result = pipeline.run(_as_volume(image))
+    assert set(result.report["sides"]) == {"right", "left"}
+    predicted = result.labels.array > 0
+    dice = 2.0 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
+    assert dice >= 0.92, dice
