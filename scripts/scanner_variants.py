@@ -110,17 +110,19 @@ def tilted_storage(image: sitk.Image, labels: sitk.Image, degrees: float):
     # a tilted slice is kept when every point of it over the scan's footprint lies between the
     # scan's first and last slices (the old slice index is affine along the slice: a lattice of
     # points along it and across finds its extremes)
-    old = Volume(np.zeros((1, 1, 1), np.uint8), image.GetSpacing(), image.GetOrigin(),
-                 np.asarray(image.GetDirection()).reshape(3, 3))
+    # the scan's continuous (i, j, k) index of a physical point: the inverse of its index-to-LPS map
+    to_old = np.linalg.inv(np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing()))
     n_old = np.asarray(image.GetSize(), float)
-    ii, jj = np.meshgrid(np.linspace(0, size[0] - 1, 9), np.linspace(0, size[1] - 1, 400), indexing="ij")
-    keep = []
-    for k in range(size[2]):
-        pts = origin + (np.stack([ii.ravel(), jj.ravel(), np.full(ii.size, k)], 1) * spacing) @ direction.T
-        ijk = old.physical_to_index(pts)
-        over = np.all((ijk[:, :2] >= 0) & (ijk[:, :2] <= n_old[:2] - 1), axis=1)
-        if over.any() and ijk[over, 2].min() >= 0 and ijk[over, 2].max() <= n_old[2] - 1:
-            keep.append(k)
+    ii, jj, kk = np.meshgrid(np.linspace(0, size[0] - 1, 9), np.linspace(0, size[1] - 1, 400), np.arange(size[2]),
+                             indexing="ij")
+    pts = origin + (np.stack([ii.ravel(), jj.ravel(), kk.ravel()], 1) * spacing) @ direction.T
+    ijk = ((pts - np.asarray(image.GetOrigin())) @ to_old.T).reshape(*ii.shape, 3)
+    over = np.all((ijk[..., :2] >= 0) & (ijk[..., :2] <= n_old[:2] - 1), axis=-1)  # over the scan's footprint
+    k_old = np.where(over, ijk[..., 2], np.nan)
+    with np.errstate(invalid="ignore"):
+        inside = over.any(axis=(0, 1)) & (np.nanmin(k_old, axis=(0, 1), initial=np.inf) >= 0) \
+            & (np.nanmax(k_old, axis=(0, 1), initial=-np.inf) <= n_old[2] - 1)
+    keep = np.flatnonzero(inside).tolist()
     if not keep:
         raise ValueError(f"no slice tilted {degrees} degrees lies wholly inside this scan")
     origin = origin + direction[:, 2] * spacing[2] * keep[0]
