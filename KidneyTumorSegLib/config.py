@@ -95,6 +95,15 @@ class SegmenterConfig:
     # this (0 = every region): a spleen, liver or bowel loop in an empty renal fossa is segmented
     # with less conviction than a kidney. docs/evaluation/solitary_kidney/.
     min_region_confidence: float = 0.0
+    # A kidney region is not kept when both networks doubt it: its mean region probability below
+    # ``weak_region_confidence`` and its share inside the xy-localiser's kidney mask below
+    # ``weak_region_support`` (0 = off). Either alone also fits kidneys with large tumours (low
+    # probability) or leaking regions (low share); an empty renal fossa's organ has both.
+    weak_region_confidence: float = 0.0
+    weak_region_support: float = 0.0
+    # With the body's midline known, at most one kidney region per side, also when only two regions
+    # are found (false: the per-side choice applies from three regions on). docs/evaluation/empty_fossa/.
+    one_region_per_side: bool = False
     # What the segmenter's windows see past the scan's head or foot end: "air" (as scanners pad)
     # or "edge" (its end slices carried on along its own slice axis, tilted or not, so a kidney the
     # field of view cuts in half still has a body around it; resampling.resample_box's beyond_scan).
@@ -111,6 +120,9 @@ class SegmenterConfig:
             raise ValueError(f"context_gate_ml is a volume in mL, 0 or more, not {self.context_gate_ml!r}")
         if not 0 <= self.min_region_confidence < 1:
             raise ValueError(f"min_region_confidence is a probability in [0, 1), not {self.min_region_confidence!r}")
+        for name in ("weak_region_confidence", "weak_region_support"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a share in [0, 1], not {getattr(self, name)!r}")
 
     @property
     def second_look(self) -> bool:
@@ -123,7 +135,8 @@ class SegmenterConfig:
 # (scripts/merge_bundle.py --set); a fine-tune may start from a bundle whose settings differ.
 INFERENCE_SETTINGS = frozenset({"threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "min_tumour_ml",
                                 "margin_mm", "min_component_ml", "overlap", "context_scale",
-                                "context_fusion", "context_gate_ml", "min_region_confidence", "beyond_scan"})
+                                "context_fusion", "context_gate_ml", "min_region_confidence", "beyond_scan",
+                                "weak_region_confidence", "weak_region_support", "one_region_per_side"})
 # The inference settings that leave the segmenter's outputs for given boxes unchanged (they act on
 # the localisers' boxes or on the post-processing): a sweep over them can reuse those outputs.
 REUSABLE_SEGMENTER_SETTINGS = INFERENCE_SETTINGS - {"mirror_x", "overlap", "context_scale", "context_fusion",

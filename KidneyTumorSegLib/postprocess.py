@@ -3,7 +3,7 @@
 - a kidney is a connected component of the kidney-with-tumour region that holds real kidney tissue
   of at least ``min_kidney_ml``; everything else (a tumour blob far from any kidney, speckle) goes;
 - per side, the region the xy-localiser's kidney mask covers most wins (two networks agreeing), and
-  a region the localiser never marked goes;
+  a region the localiser never marked goes, as does one both networks doubt (``weak_*``);
 - tumour is kept only inside a kept kidney region (attached to it by construction);
 - sides come from each kidney's position relative to the body's midline (LPS: +x is the
   patient's left).
@@ -30,6 +30,9 @@ class PostprocessConfig:
     min_tumour_ml: float = 0.05
     max_kidneys: int = 2
     min_confidence: float = 0.0  # a region's mean region probability must reach this (0: no check)
+    weak_confidence: float = 0.0  # a region below this mean region probability ...
+    weak_support: float = 0.0  # ... and below this share inside the localiser's mask is not kept
+    one_per_side: bool = False  # with a midline, one region per side even when only two are found
 
     @classmethod
     def from_model(cls, config) -> PostprocessConfig:
@@ -41,6 +44,9 @@ class PostprocessConfig:
             min_kidney_ml=config.xy_localiser.min_component_ml,
             min_tumour_ml=config.segmenter.min_tumour_ml,
             min_confidence=config.segmenter.min_region_confidence,
+            weak_confidence=config.segmenter.weak_region_confidence,
+            weak_support=config.segmenter.weak_region_support,
+            one_per_side=config.segmenter.one_region_per_side,
         )
 
 
@@ -65,7 +71,10 @@ def labels_from_probabilities(
     segmenter sees, and that is larger than the kidney beside it, takes that side's place.
     ``exclude`` masks regions judged implausible (whole regions, as an earlier call kept them);
     they are never kept, so the next best region takes their side. With ``cfg.min_confidence`` a
-    region whose mean region probability falls below it is not kept either."""
+    region whose mean region probability falls below it is not kept either, and with
+    ``cfg.weak_confidence`` and ``cfg.weak_support`` one below both (the segmenter unsure and the
+    localiser's mask holding little of it). ``cfg.one_per_side`` applies the per-side choice to two
+    regions as well: two regions on one side are then never both kept."""
     cfg = cfg or PostprocessConfig()
     tumour = p_tumour >= cfg.tumour_threshold
     region = region_mask(p_region, p_tumour, cfg)
@@ -82,8 +91,10 @@ def labels_from_probabilities(
     if cfg.min_confidence > 0 and keep:
         conviction = ndimage.mean(p_region, comps, keep)
         keep = [i for i, c in zip(keep, conviction) if c >= cfg.min_confidence]
+    if cfg.weak_confidence > 0 and cfg.weak_support > 0 and keep:
+        keep = [i for i in keep if not _doubted(i, p_region, comps, rank_ml, voxel_ml, cfg)]
     keep = sorted(keep, key=lambda i: -rank_ml[i - 1])
-    if midline_x_index is not None and cfg.max_kidneys == 2 and len(keep) > 2:
+    if midline_x_index is not None and cfg.max_kidneys == 2 and len(keep) > (1 if cfg.one_per_side else 2):
         centre_x = ndimage.center_of_mass(region, comps, keep)
         right = [i for i, c in zip(keep, centre_x) if c[2] < midline_x_index][:1]
         left = [i for i, c in zip(keep, centre_x) if c[2] >= midline_x_index][:1]
@@ -99,6 +110,17 @@ def labels_from_probabilities(
         tumour = np.isin(tcomps, [i + 1 for i, s in enumerate(tsize) if s >= cfg.min_tumour_ml])
     labels[tumour] = TUMOUR
     return labels
+
+
+def _doubted(i: int, p_region: np.ndarray, comps: np.ndarray, rank_ml: np.ndarray, voxel_ml: float,
+             cfg: PostprocessConfig) -> bool:
+    """Whether both networks doubt region ``i``: the segmenter's mean region probability over it
+    under ``cfg.weak_confidence``, and the share of it inside the localiser's mask (``rank_ml`` with
+    a support mask) under ``cfg.weak_support``."""
+    sl = ndimage.find_objects(comps, max_label=i)[i - 1]
+    mask = comps[sl] == i
+    share = rank_ml[i - 1] / (float(np.count_nonzero(mask)) * voxel_ml)
+    return float(p_region[sl][mask].mean()) < cfg.weak_confidence and share < cfg.weak_support
 
 
 def body_midline_x(ct: Volume, threshold_hu: float = -500.0) -> float | None:

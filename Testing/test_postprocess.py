@@ -148,3 +148,51 @@ def _columns(shape, x_ranges):
     for a, b in x_ranges:
         out[:, :, a:b] = True
     return out
+
+
+def test_a_region_both_networks_doubt_is_dropped_and_either_doubt_alone_is_not():
+    """weak_confidence + weak_support: a region goes only when the segmenter's mean probability is
+    below the one and its share inside the localiser's mask below the other (an empty fossa's spleen).
+    A kidney with a large tumour (low probability, well supported) and a kidney leaking into its
+    surroundings (confident, half supported) stay; off by default."""
+    p = np.zeros((20, 30, 90), np.float32)
+    support = np.zeros(p.shape, bool)
+    p[5:15, 5:25, 2:10] = 0.7  # right: a kidney with a large tumour, unsure but inside the mask
+    support[5:15, 5:25, 2:10] = True
+    p[5:15, 5:25, 50:60] = 0.95  # left, lateral: a confident region only 40 % inside the mask
+    support[5:15, 5:25, 50:54] = True
+    p[5:15, 5:25, 75:85] = 0.7  # left, further out: unsure and 20 % inside the mask
+    support[5:15, 5:25, 75:77] = True
+    no_tumour = np.zeros_like(p)
+    cfg = PostprocessConfig(weak_confidence=0.8, weak_support=0.5, max_kidneys=3)
+    default = labels_from_probabilities(p, no_tumour, 1.0, PostprocessConfig(max_kidneys=3), support=support)
+    np.testing.assert_array_equal(default > 0, p > 0)
+    judged = labels_from_probabilities(p, no_tumour, 1.0, cfg, support=support)
+    np.testing.assert_array_equal(judged > 0, (p > 0) & _columns(p.shape, [(2, 10), (50, 60)]))
+    # the share is the region's own: the same doubtful region gets its side when the mask holds more of it
+    support[5:15, 5:25, 75:81] = True
+    np.testing.assert_array_equal(labels_from_probabilities(p, no_tumour, 1.0, cfg, support=support) > 0, p > 0)
+    # without a localiser mask there is no second vote, and nothing is doubted
+    np.testing.assert_array_equal(labels_from_probabilities(p, no_tumour, 1.0, cfg) > 0, p > 0)
+
+
+def test_one_region_per_side_applies_to_two_regions_on_one_side():
+    """Two regions right of the midline and none left: v1.5 keeps both (the per-side choice ran from
+    three regions on); with one_per_side only the better supported one stays, and two regions on
+    different sides are both kept either way."""
+    p = np.zeros((20, 30, 60), np.float32)
+    p[5:15, 5:25, 2:10] = 1.0  # the right kidney
+    p[5:15, 5:25, 14:20] = 1.0  # a smaller region beside it, also right (x < 30)
+    support = np.zeros(p.shape, bool)
+    support[5:15, 5:25, 2:20] = True
+    no_tumour = np.zeros_like(p)
+    both = labels_from_probabilities(p, no_tumour, 1.0, midline_x_index=30.0, support=support)
+    np.testing.assert_array_equal(both > 0, p > 0)
+    cfg = PostprocessConfig(one_per_side=True)
+    one = labels_from_probabilities(p, no_tumour, 1.0, cfg, midline_x_index=30.0, support=support)
+    np.testing.assert_array_equal(one > 0, (p > 0) & _columns(p.shape, [(2, 10)]))
+    p[:, :, 14:20] = 0.0
+    p[5:15, 5:25, 40:46] = 1.0  # now on the left
+    support[5:15, 5:25, 40:46] = True
+    np.testing.assert_array_equal(labels_from_probabilities(p, no_tumour, 1.0, cfg, midline_x_index=30.0,
+                                                            support=support) > 0, p > 0)

@@ -166,3 +166,22 @@ def test_a_bundle_naming_an_unknown_fusion_is_refused_when_loaded(tmp_path):
     path = save_bundle(tmp_path / "odd.safetensors", bundle.config, bundle.state_dicts)
     with pytest.raises(WeightsError, match=r"incompatible configuration \(context_fusion is one of mean"):
         load_bundle(path)
+
+
+def test_the_empty_fossa_checks_are_inference_settings_off_in_older_bundles():
+    """A v1.5 header lacks them: loaded, both checks are off; set with --set/--sweep they take
+    their values; a share outside [0, 1] is refused."""
+    from KidneyTumorSegLib.config import ModelConfig, with_settings
+    from KidneyTumorSegLib.postprocess import PostprocessConfig
+
+    data = ModelConfig.tiny().to_dict()
+    for key in ("weak_region_confidence", "weak_region_support", "one_region_per_side"):
+        data["segmenter"].pop(key)
+    old = PostprocessConfig.from_model(ModelConfig.from_dict(data))
+    assert (old.weak_confidence, old.weak_support, old.one_per_side) == (0.0, 0.0, False)
+    tuned = with_settings(ModelConfig.tiny(), ["segmenter.weak_region_confidence=0.8",
+                                               "segmenter.weak_region_support=0.5", "segmenter.one_region_per_side=true"])
+    post = PostprocessConfig.from_model(tuned)
+    assert (post.weak_confidence, post.weak_support, post.one_per_side) == (0.8, 0.5, True)
+    with pytest.raises(ValueError, match="weak_region_support is a share in"):
+        with_settings(ModelConfig.tiny(), ["segmenter.weak_region_support=1.5"])
