@@ -82,13 +82,39 @@ def test_combine_weights_means_by_cases_and_adds_counts():
 
 
 @pytest.mark.parametrize("version, sets", [("v1.4", tuning_pool.SETS),
-                                           ("v1.5", ("in_place", "displaced", "cut_below", "cut_above"))])
+                                           ("v1.5", ("in_place", "displaced", "cut_below", "cut_above")),
+                                           ("v1.6", tuning_pool.SETS)])
 def test_a_bundles_tuning_summary_is_the_sum_of_its_rows(version, sets):
     """The summaries the choice rules compare against are what their per-dataset rows add up to:
-    v1.4's on every set, v1.5's on the sets it was measured on."""
+    v1.4's and v1.6's on every set (v1.6's from rows of sweep files), v1.5's on the sets it was
+    measured on."""
     path = REPO / "docs" / "evaluation" / version / "tuning_summary.json"
     summary = json.loads(path.read_text())
     assert set(summary["from"]) == set(sets)
     for name in sets:
-        rows = [json.loads((REPO / f).read_text()) for f in summary["from"][name]]
+        rows = [tuning_pool.read_row(f, REPO) for f in summary["from"][name]]
         assert tuning_pool.combine(rows) == summary[name]
+
+
+def test_read_row_picks_the_sweep_row_with_those_settings(tmp_path):
+    sweep = {"sweep": [{"settings": ["a=1"], "kidney_dice": 0.1}, {"settings": ["a=2"], "kidney_dice": 0.2},
+                       {"settings": ["a=2"], "kidney_dice": 0.3}]}
+    (tmp_path / "s.json").write_text(json.dumps(sweep))
+    (tmp_path / "r.json").write_text(json.dumps({"kidney_dice": 0.4}))
+    assert tuning_pool.read_row({"file": "s.json", "settings": ["a=1"]}, tmp_path)["kidney_dice"] == 0.1
+    assert tuning_pool.read_row("r.json", tmp_path)["kidney_dice"] == 0.4
+    with pytest.raises(ValueError, match="2 rows"):  # two rows with one name: no silent first pick
+        tuning_pool.read_row({"file": "s.json", "settings": ["a=2"]}, tmp_path)
+    with pytest.raises(ValueError, match="0 rows"):
+        tuning_pool.read_row({"file": "s.json", "settings": ["a=3"]}, tmp_path)
+
+
+def test_the_empty_fossa_gates_read_as_the_rule_says():
+    """one_per_side_rule.json's gates on the pool, read from the sweeps they were measured with: A
+    (v1.6) against v1.5 on the large and cut sets (kidney Dice within its allowance, no kidney lost)."""
+    rows = json.loads((REPO / "docs" / "evaluation" / "empty_fossa" / "sweep_summary.json").read_text())
+    for name, kidney_drop in (("large", 0.01), ("cut_below", 0.005), ("cut_above", 0.005)):
+        old, new = rows[name]["v1.5"], rows[name]["A"]
+        assert new["kidney_dice"] >= old["kidney_dice"] - kidney_drop
+        assert tuning_pool._of(new["kidneys_found"])[0] >= tuning_pool._of(old["kidneys_found"])[0]
+    assert rows["large"]["A"]["tumour_dice"] >= rows["large"]["v1.5"]["tumour_dice"] - 0.02

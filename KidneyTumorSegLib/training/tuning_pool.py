@@ -100,6 +100,19 @@ def combine(results: list[dict]) -> dict:
     return row
 
 
+def read_row(source, root: Path) -> dict:
+    """One ``evaluate`` result named by a summary's ``from``: a result file's path, or
+    ``{"file": ..., "settings": [...]}`` for one row of an ``evaluate --sweep`` file, so a summary
+    can point at the sweep that measured it instead of a copy of its row."""
+    if isinstance(source, str):
+        return json.loads((root / source).read_text())
+    rows = [r for r in json.loads((root / source["file"]).read_text())["sweep"]
+            if r["settings"] == source["settings"]]
+    if len(rows) != 1:
+        raise ValueError(f"{source['file']} has {len(rows)} rows with settings {source['settings']}")
+    return rows[0]
+
+
 def compare(old: dict, new: dict) -> list[str]:
     """Lines saying how each number of a combined row moved from ``old`` to ``new``."""
     lines = []
