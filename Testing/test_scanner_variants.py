@@ -17,6 +17,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from scanner_variants import (  # noqa: E402
     _rotation,
     cut_at_kidney_middle,
+    resized_body,
     tilted_storage,
     turned_body,
     variants,
@@ -115,6 +116,24 @@ def test_cut_keeps_the_physically_lower_or_upper_half(head_first):
     assert _centroid_mm(lower)[2] < z_all - 2.0 < z_all + 2.0 < _centroid_mm(upper)[2]
     assert lower.GetSize()[2] + upper.GetSize()[2] == labels.GetSize()[2]
     assert lower_ct.GetSize() == lower.GetSize() and upper_ct.GetSize() == upper.GetSize()
+
+
+@pytest.mark.parametrize("factor", [0.85, 1.15])
+def test_resized_body_scales_distances_from_the_centre(factor):
+    """A ball 25 mm off the scan's centre ends up 25 * factor mm off it, with factor**3 its volume,
+    and the centre itself stays put."""
+    ct, _ = _image_with_ball((0.0, 0.0, 0.0))
+    centre = np.asarray(ct.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in ct.GetSize()]))
+    offset = np.array([25.0, -10.0, 5.0])
+    ct, labels = _image_with_ball(centre + offset)
+    big_ct, big = resized_body(ct, labels, factor)
+    assert np.allclose(_centroid_mm(big), centre + factor * (_centroid_mm(labels) - centre), atol=1e-6)
+    assert np.allclose(big.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in big.GetSize()]), centre)
+    voxel_ml = np.prod(big.GetSpacing()) / 1000.0
+    before = (sitk.GetArrayViewFromImage(labels) == 2).sum() * np.prod(labels.GetSpacing()) / 1000.0
+    assert (sitk.GetArrayViewFromImage(big) == 2).sum() * voxel_ml == pytest.approx(before * factor**3)
+    assert big_ct.GetSpacing() == big.GetSpacing() and big_ct.GetOrigin() == big.GetOrigin()
+    assert (sitk.GetArrayFromImage(big_ct) == sitk.GetArrayFromImage(ct)).all()
 
 
 def test_no_cut_without_kidney_labels():

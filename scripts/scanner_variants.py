@@ -14,6 +14,10 @@ For each named scan, writes ``OUT_DIR/<scan>_<variant>/{ct,labels}.nii.gz`` (+ i
 - ``pitch15``, ``roll20``: the body itself turned in an axis-aligned scan, 15 degrees about the
   left-right axis (a trunk lying inclined; the slices the turn tips out of the scan are dropped) or
   20 degrees about the head-foot axis (a patient lying turned on the table);
+- ``body0.85``, ``body1.15``: a smaller or a larger patient, every structure 15 % smaller or larger
+  in every direction about the scan's centre (the same voxels on a grid 0.85 or 1.15 times as fine;
+  kidneys of 8.5-10 cm or 13-15 cm, a child's or a tall adult's; the training bodies' size varied by
+  about 8 % per axis);
 - ``from_kidney_middle``, ``to_kidney_middle``: the field of view starts, or ends, halfway down
   the kidneys (a pelvis scan that catches their lower halves, an upper-abdomen scan their upper
   halves); only for scans with kidney labels. ``oblique15_from_kidney_middle`` and
@@ -76,6 +80,8 @@ def variants(image: sitk.Image, labels: sitk.Image, seed: int = 0, kidney_ids=()
     yield ("oblique15", *tilted_storage(image, labels, 15.0))
     yield ("pitch15", *turned_body(image, labels, axis=0, degrees=15.0))
     yield ("roll20", *turned_body(image, labels, axis=2, degrees=20.0))
+    for factor in (0.85, 1.15):
+        yield (f"body{factor:g}", *resized_body(image, labels, factor))
     if kidney_ids:
         for part in ("from_kidney_middle", "to_kidney_middle"):
             cut = cut_at_kidney_middle(image, labels, kidney_ids, keep_below=part == "from_kidney_middle")
@@ -160,6 +166,21 @@ def turned_body(image: sitk.Image, labels: sitk.Image, axis: int, degrees: float
         raise ValueError(f"a turn of {degrees} degrees tips every slice of this scan out of it")
     start, stop = int(keep[0]), int(keep[-1]) + 1
     return ct[:, :, start:stop], lab[:, :, start:stop]
+
+
+def resized_body(image: sitk.Image, labels: sitk.Image, factor: float):
+    """The same voxels with every physical distance from the scan's centre times ``factor``: a body
+    ``factor`` times the size, scanned with pixels and slices ``factor`` times as large (so the
+    scanner's resolution relative to the anatomy is unchanged)."""
+    centre = _centre(image)
+    origin = centre + factor * (np.asarray(image.GetOrigin()) - centre)
+    resized = []
+    for picture in (image, labels):
+        copy = sitk.Image(picture)
+        copy.SetSpacing(tuple(factor * np.asarray(picture.GetSpacing(), float)))
+        copy.SetOrigin(tuple(float(c) for c in origin))
+        resized.append(copy)
+    return resized[0], resized[1]
 
 
 def cut_at_kidney_middle(image: sitk.Image, labels: sitk.Image, kidney_ids, keep_below: bool):
