@@ -126,7 +126,9 @@ def test_resized_body_scales_distances_from_the_centre(factor):
     centre = np.asarray(ct.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in ct.GetSize()]))
     offset = np.array([25.0, -10.0, 5.0])
     ct, labels = _image_with_ball(centre + offset)
+    ct = sitk.Cast(ct, sitk.sitkInt16)  # as scans are stored; main() rounds every variant's CT
     big_ct, big = resized_body(ct, labels, factor)
+    assert big_ct.GetPixelID() == sitk.sitkFloat32 and sitk.Round(big_ct).GetSize() == ct.GetSize()
     assert np.allclose(_centroid_mm(big), centre + factor * (_centroid_mm(labels) - centre), atol=1e-6)
     assert np.allclose(big.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in big.GetSize()]), centre)
     voxel_ml = np.prod(big.GetSpacing()) / 1000.0

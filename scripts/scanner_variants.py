@@ -175,7 +175,7 @@ def resized_body(image: sitk.Image, labels: sitk.Image, factor: float):
     centre = _centre(image)
     origin = centre + factor * (np.asarray(image.GetOrigin()) - centre)
     resized = []
-    for picture in (image, labels):
+    for picture in (sitk.Cast(image, sitk.sitkFloat32), labels):  # float like every variant's CT
         copy = sitk.Image(picture)
         copy.SetSpacing(tuple(factor * np.asarray(picture.GetSpacing(), float)))
         copy.SetOrigin(tuple(float(c) for c in origin))
