@@ -30,8 +30,12 @@ log = logging.getLogger("KidneyTumorSeg")
 
 NO_KIDNEY = "No kidney was found in this scan; the result is empty."
 GPU_FULL = "GPU out of memory: the run continued on the CPU."
-ENCASED = ("A region of {ml:.0f} mL that bone surrounds was labelled as kidney and discarded: "
-           "a kidney is never encased in bone (check the scan covers the abdomen).")
+DISCARDED = {
+    "bone": ("A region of {ml:.0f} mL that bone surrounds was labelled as kidney and discarded: "
+             "a kidney is never encased in bone (check the scan covers the abdomen)."),
+    "no_fat": ("A region of {ml:.0f} mL with almost no fat around it was labelled as kidney and discarded: "
+               "a kidney lies in its perirenal fat (check the scan covers the abdomen)."),
+}
 GROW_MM = 40.0  # how far a box grows past a kidney pole cut by the segmented slices (a third of a kidney)
 GROW_ROUNDS = 2  # at most this many regrowths: bounded time on a scan where something keeps reaching
 AT_EDGE = ("The region on the patient's {side} ({ml:.0f} mL, {tumour:.0f} % of it tumour) runs on sideways beyond "
@@ -223,7 +227,7 @@ class Pipeline:
             probs = canvas = canvas_labels = None  # the next round's arrays need the room
             ctx.progress(0.4, "A kidney reaches past the segmented slices: segmenting further")
         for region in found.discarded:
-            ctx.warn(ENCASED.format(ml=region["ml"]))
+            ctx.warn(DISCARDED[region["reason"]].format(ml=region["ml"]))
         found.at_edge = self._regions_at_edge(canvas_labels, canvas, volume, found)
         for region in found.at_edge:
             ctx.warn(AT_EDGE.format(side=region["side"], ml=region["ml"], tumour=100 * region["tumour_share"]))
@@ -234,19 +238,21 @@ class Pipeline:
         return volume.with_array(labels)
 
     def _labels_on_canvas(self, probs: np.ndarray, canvas: Volume, found: KidneysFound) -> tuple[np.ndarray, list]:
-        """Labels (0/1/2) on the canvas and the chosen regions discarded as encased in bone; a
-        discarded region hands its side to the next best one, which is judged in turn."""
+        """Labels (0/1/2) on the canvas and the chosen regions discarded as implausible (encased in
+        bone, or with no fat around them); a discarded region hands its side to the next best one,
+        which is judged in turn."""
         cfg = postprocess.PostprocessConfig.from_model(self.config)
         midline, support = _x_index(found.midline_mm, canvas), self._localiser_support(found, canvas)
         exclude, discarded = None, []
         while True:
             labels = postprocess.labels_from_probabilities(
                 probs[0], probs[1], canvas.voxel_volume_ml, cfg, midline, support, exclude)
-            encased, more = plausibility.encased_regions(labels, canvas.array, canvas.spacing, canvas.voxel_volume_ml)
+            failed, more = plausibility.implausible_regions(labels, canvas.array, canvas.spacing,
+                                                            canvas.voxel_volume_ml)
             if not more:
                 return labels, discarded
             discarded += more
-            exclude = encased if exclude is None else exclude | encased
+            exclude = failed if exclude is None else exclude | failed
 
     @staticmethod
     def _regions_at_open_faces(labels: np.ndarray, canvas: Volume, volume: Volume, found: KidneysFound,

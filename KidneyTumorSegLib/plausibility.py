@@ -14,7 +14,15 @@ bone limit stays below what the skull keeps on a 5 mm scan (at 500 HU the cerebe
 14 %); the price is that a strongly enhanced arterial-phase cortex left outside an under-segmented
 kidney would count as bone, which these scans could not test.
 
-A second check needs no HU: a kidney the localisers boxed lies inside the segmenter's canvas
+The same rim holds the kidney's perirenal fat: 32-87 % of it lies between -190 and -30 HU around
+every kidney kept on the real CTs here and their smaller- and larger-body variants (ircadb1_1 32-45 %,
+ircadb1_17 65-66 %, s0009 76-87 %). On a larger-body variant of the head-and-neck scan s0002 the
+networks labelled the cerebellum, whose rim is 9 % bone (under the bone limit) and 0.8 % fat. A
+component whose rim is under 5 % fat (a sixth of the leanest kidney seen, for thin patients,
+children, fat stranding and rims that a tight field of view cuts into air) is not a kidney in its
+fat but brain, or an organ packed among others (``docs/evaluation/fat_rim/``).
+
+A further check needs no HU: a kidney the localisers boxed lies inside the segmenter's canvas
 (the box, its margin and the windows around it), so a kept region that runs into a side face of
 the canvas behind which the scan goes on is wider than anything the xy-localiser marked: a liver or
 spleen lying where a kidney is missing or displaced (v1.3 labelled 628 mL of spleen, 71 % of it as
@@ -44,41 +52,59 @@ class PlausibilityConfig:
     rim_mm: float = 5.0  # width of the rim around a kidney, in its axial slices
     bone_hu: float = 300.0  # above this, a rim voxel counts as bone (cortical and most cancellous)
     max_bone_fraction: float = 0.15  # a component whose rim is more bone than this is not a kidney
+    fat_hu: tuple[float, float] = (-190.0, -30.0)  # a rim voxel in this range counts as fat
+    min_fat_fraction: float = 0.05  # a component whose rim is less fat than this is not a kidney (0 = no check)
 
 
-def bone_rim_fraction(component: np.ndarray, hu: np.ndarray, spacing_xyz, config: PlausibilityConfig) -> float:
-    """Share of the in-plane rim (``config.rim_mm`` around ``component``, in its own slices) that is bone."""
+def rim_composition(component: np.ndarray, hu: np.ndarray, spacing_xyz, config: PlausibilityConfig) -> dict:
+    """Shares of bone and of fat in the in-plane rim (``config.rim_mm`` around ``component``, in its
+    own slices); ``{"bone": 0.0, "fat": None}`` for an empty component or rim."""
     sx, sy = float(spacing_xyz[0]), float(spacing_xyz[1])
     box = mask_box(component, (0, int(np.ceil(config.rim_mm / sy)) + 1, int(np.ceil(config.rim_mm / sx)) + 1))
     if box is None:
-        return 0.0
+        return {"bone": 0.0, "fat": None}
     # the rim lies outside the organ: holes (renal sinus, a contrast-filled collecting system) are inside
     comp = np.stack([ndi.binary_fill_holes(plane) for plane in component[box]])
     # a huge z sampling keeps the distance in-plane: the rim is taken slice by slice
     dist = ndi.distance_transform_edt(~comp, sampling=(1e6, sy, sx))
-    rim = (dist > 0) & (dist <= config.rim_mm)
-    n = int(rim.sum())
-    return float((hu[box][rim] > config.bone_hu).sum() / n) if n else 0.0
+    rim_hu = hu[box][(dist > 0) & (dist <= config.rim_mm)]
+    if rim_hu.size == 0:
+        return {"bone": 0.0, "fat": None}
+    lo, hi = config.fat_hu
+    return {"bone": float((rim_hu > config.bone_hu).mean()), "fat": float(((rim_hu >= lo) & (rim_hu <= hi)).mean())}
 
 
-def encased_regions(labels: np.ndarray, hu: np.ndarray, spacing_xyz, voxel_ml: float,
-                    config: PlausibilityConfig | None = None) -> tuple[np.ndarray, list[dict]]:
-    """The kidney components of ``labels`` (0/1 kidney/2 tumour) that bone encases, as one mask, and
-    an entry per component (its volume in mL and rim bone share).
+def bone_rim_fraction(component: np.ndarray, hu: np.ndarray, spacing_xyz, config: PlausibilityConfig) -> float:
+    """Share of the in-plane rim (``config.rim_mm`` around ``component``, in its own slices) that is bone."""
+    return rim_composition(component, hu, spacing_xyz, config)["bone"]
+
+
+def implausible_regions(labels: np.ndarray, hu: np.ndarray, spacing_xyz, voxel_ml: float,
+                        config: PlausibilityConfig | None = None) -> tuple[np.ndarray, list[dict]]:
+    """The kidney components of ``labels`` (0/1 kidney/2 tumour) that cannot be kidneys, as one
+    mask, and an entry per component: its volume in mL, its rim's bone and fat shares and why it
+    failed (``"bone"``: encased in bone; ``"no_fat"``: no perirenal fat around it).
 
     Components are the connected kidney-with-tumour regions (``labels > 0``).
     """
     cfg = config or PlausibilityConfig()
     comp, n = ndi.label(labels > 0)
-    encased = np.zeros(labels.shape, bool)
+    failed = np.zeros(labels.shape, bool)
     found = []
     for i in range(1, n + 1):
         mask = comp == i
-        share = bone_rim_fraction(mask, hu, spacing_xyz, cfg)
-        if share > cfg.max_bone_fraction:
-            encased |= mask
-            found.append({"ml": round(float(mask.sum()) * voxel_ml, 1), "bone_rim_fraction": round(share, 3)})
-    return encased, found
+        rim = rim_composition(mask, hu, spacing_xyz, cfg)
+        if rim["bone"] > cfg.max_bone_fraction:
+            reason = "bone"
+        elif cfg.min_fat_fraction > 0 and rim["fat"] is not None and rim["fat"] < cfg.min_fat_fraction:
+            reason = "no_fat"
+        else:
+            continue
+        failed |= mask
+        found.append({"ml": round(float(mask.sum()) * voxel_ml, 1), "bone_rim_fraction": round(rim["bone"], 3),
+                      "fat_rim_fraction": round(rim["fat"], 3) if rim["fat"] is not None else None,
+                      "reason": reason})
+    return failed, found
 
 
 def regions_reaching_faces(labels: np.ndarray, open_faces: dict[str, bool], voxel_ml: float) -> list[dict]:

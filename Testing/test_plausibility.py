@@ -1,4 +1,5 @@
-"""A kidney is never encased in bone: components the skull or a bone ring surrounds are found."""
+"""A kidney is never encased in bone and always lies in some fat: components the skull or a bone ring
+surrounds, or that soft tissue packs with no fat around them, are found."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from KidneyTumorSegLib.plausibility import PlausibilityConfig, bone_rim_fraction, encased_regions
+from KidneyTumorSegLib.plausibility import (
+    PlausibilityConfig,
+    bone_rim_fraction,
+    implausible_regions,
+    rim_composition,
+)
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_ct"
 
@@ -35,11 +41,36 @@ def test_a_kidney_in_fat_is_not_encased_and_one_inside_a_skull_is():
     # the skull: a 4 mm shell of cortical bone around the right-hand blob, 1 mm away from it
     skull = _blob(yy, xx, 40, 60, 15) & ~_blob(yy, xx, 40, 60, 11)
     hu[skull] = 900.0
-    encased, found = encased_regions(labels, hu, (1.0, 1.0, 1.0), 0.001)
+    encased, found = implausible_regions(labels, hu, (1.0, 1.0, 1.0), 0.001)
     assert not encased[kidney].any()
     assert encased[brain].all() and encased[labels == 2].all()  # its tumour goes with it
-    assert len(found) == 1 and found[0]["bone_rim_fraction"] > 0.5
+    assert len(found) == 1 and found[0]["bone_rim_fraction"] > 0.5 and found[0]["reason"] == "bone"
     assert found[0]["ml"] == pytest.approx(brain.sum() * 0.001, abs=0.05)
+
+
+def test_a_region_packed_in_soft_tissue_has_no_fat_around_it_and_is_found():
+    """Brain-like tissue all round (the cerebellum of a head scan) fails; a kidney with fat on only
+    a fifth of its rim, liver and muscle against the rest, passes; with the check off both pass."""
+    hu, zz, yy, xx = _scene((20, 80, 120))
+    labels = np.zeros(hu.shape, np.uint8)
+    slab = (zz >= 4) & (zz < 16)
+    brain = _blob(yy, xx, 40, 25, 10) & slab
+    kidney = _blob(yy, xx, 40, 85, 10) & slab
+    hu[:, :, :55] = 35.0  # soft tissue fills the left part of the scene, around the 'brain'
+    hu[:, :, 55:] = 60.0  # liver and muscle around the kidney ...
+    hu[(yy - 40) ** 2 + (xx - 85) ** 2 <= 15 ** 2] = 60.0
+    hu[_blob(yy, xx, 40, 85, 15) & (xx >= 95)] = -100.0  # ... but for fat against its lateral fifth
+    hu[brain] = 35.0
+    hu[kidney] = 150.0
+    labels[brain | kidney] = 1
+    cfg = PlausibilityConfig()
+    assert rim_composition(brain, hu, (1.0, 1.0, 1.0), cfg)["fat"] == 0.0
+    assert 0.1 < rim_composition(kidney, hu, (1.0, 1.0, 1.0), cfg)["fat"] < 0.3
+    failed, found = implausible_regions(labels, hu, (1.0, 1.0, 1.0), 0.001)
+    assert failed[brain].all() and not failed[kidney].any()
+    assert [r["reason"] for r in found] == ["no_fat"] and found[0]["fat_rim_fraction"] == 0.0
+    failed, found = implausible_regions(labels, hu, (1.0, 1.0, 1.0), 0.001, PlausibilityConfig(min_fat_fraction=0.0))
+    assert found == [] and not failed.any()
 
 
 def test_a_rib_or_vertebra_against_one_side_of_the_kidney_is_not_encasing():
@@ -51,7 +82,7 @@ def test_a_rib_or_vertebra_against_one_side_of_the_kidney_is_not_encasing():
     hu[_blob(yy, xx, 40, 57, 4)] = 700.0  # a rib touching the kidney's rim
     share = bone_rim_fraction(kidney, hu, (1.0, 1.0, 1.0), PlausibilityConfig())
     assert 0.0 < share < 0.15
-    encased, found = encased_regions(labels, hu, (1.0, 1.0, 1.0), 0.001)
+    encased, found = implausible_regions(labels, hu, (1.0, 1.0, 1.0), 0.001)
     assert not encased.any() and found == []
 
 
@@ -86,13 +117,22 @@ def test_real_kidneys_are_never_taken_for_encased(case, ids):
     hu = sitk.GetArrayFromImage(image)
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / case / "labels.nii.gz")))
     labels = np.isin(truth, ids).astype(np.uint8)
-    encased, found = encased_regions(labels, hu, image.GetSpacing(), 0.001)
+    encased, found = implausible_regions(labels, hu, image.GetSpacing(), 0.001)
     assert found == [] and not encased.any()
+    from scipy import ndimage
+
+    comps, n = ndimage.label(labels > 0)
+    big = [i for i in range(1, n + 1) if (comps == i).sum() * np.prod(image.GetSpacing()) > 20_000]
+    assert len(big) == 2  # both kidneys, each with far more fat around it than the check asks
+    for i in big:
+        assert rim_composition(comps == i, hu, image.GetSpacing(), PlausibilityConfig())["fat"] > 0.25
 
 
-def test_a_discarded_region_hands_its_side_to_the_next_best_region():
-    """A bone-encased region that out-ranks the true kidney on its side is discarded, and the
-    kidney takes the side instead of the side staying empty."""
+@pytest.mark.parametrize("surround", ["bone", "no_fat"])
+def test_a_discarded_region_hands_its_side_to_the_next_best_region(surround):
+    """A region encased in bone, or packed in soft tissue with no fat around it, that out-ranks the
+    true kidney on its side is discarded, and the kidney takes the side instead of the side staying
+    empty."""
     from KidneyTumorSegLib.pipeline import KidneysFound, Pipeline
     from KidneyTumorSegLib.volume import Volume
     from KidneyTumorSegLib.weights import seeded_bundle
@@ -103,7 +143,10 @@ def test_a_discarded_region_hands_its_side_to_the_next_best_region():
     encased = _blob(yy, xx, 40, 42, 10) & slab  # larger, on the same side of the midline (x index 50)
     kidney_l = _blob(yy, xx, 40, 80, 7) & slab
     hu[kidney_r | kidney_l | encased] = 35.0
-    hu[_blob(yy, xx, 40, 42, 15) & ~_blob(yy, xx, 40, 42, 11)] = 900.0
+    if surround == "bone":
+        hu[_blob(yy, xx, 40, 42, 15) & ~_blob(yy, xx, 40, 42, 11)] = 900.0
+    else:  # soft tissue right against it, the 5 mm rim and more
+        hu[_blob(yy, xx, 40, 42, 15) & ~(_blob(yy, xx, 40, 42, 10) & slab)] = 40.0
     probs = np.zeros((2,) + hu.shape, np.float32)
     probs[0][kidney_r | kidney_l | encased] = 0.95
     canvas = Volume(hu, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))  # 2 mm voxels: kidneys of 15 mL
@@ -112,6 +155,7 @@ def test_a_discarded_region_hands_its_side_to_the_next_best_region():
     labels, discarded = pipe._labels_on_canvas(probs, canvas, found)
     np.testing.assert_array_equal(labels > 0, kidney_r | kidney_l)
     assert len(discarded) == 1 and discarded[0]["ml"] == pytest.approx(encased.sum() * 0.008, abs=0.05)
+    assert discarded[0]["reason"] == surround
 
 
 def test_only_regions_running_into_a_face_the_scan_continues_behind_are_reported():

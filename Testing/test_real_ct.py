@@ -63,25 +63,31 @@ def _variant(case, variant):
     ("totalseg_s0002", "as scanned"), ("totalseg_s0002", "slice5mm"), ("totalseg_s0002", "pixel2.5mm"),
     ("totalseg_s0002", "noise25"), ("totalseg_s0002", "pitch15"), ("totalseg_s0003", "as scanned"),
     ("totalseg_s0003", "slice5mm"), ("totalseg_s0003", "pixel2.5mm"), ("totalseg_s0003", "noise25"),
-    ("totalseg_s0003", "oblique15"), ("totalseg_s0003", "pitch15"), ("totalseg_s0003", "roll20")])
+    ("totalseg_s0003", "oblique15"), ("totalseg_s0003", "pitch15"), ("totalseg_s0003", "roll20"),
+    ("totalseg_s0002", "body0.85"), ("totalseg_s0002", "body1.15"), ("totalseg_s0003", "body0.85"),
+    pytest.param("totalseg_s0003", "body1.15", marks=pytest.mark.xfail(
+        strict=True, reason="v1.6 labels 11.2 mL of neck muscle in this larger-patient variant; its rim is 21 % fat, "
+                            "so the fat check cannot reach it (model card)"))])
 def test_head_and_neck_scans_get_no_kidney(pipeline, case, variant):
     """Networks trained on abdomens once took the 5 mm cerebellum for a kidney; the plausibility
-    check (a kidney is never encased in bone) must keep every version of these scans empty. v1.2 to
-    v1.4 labelled 8.6 mL of shoulder muscle at the 5 mm version's lower end, where the segmenter's
-    window saw air beyond the scan; v1.5 carries the last slice on there (model card)."""
+    checks (a kidney is never encased in bone, and lies in its perirenal fat) must keep every version
+    of these scans empty. v1.2 to v1.4 labelled 8.6 mL of shoulder muscle at the 5 mm version's lower
+    end, where the segmenter's window saw air beyond the scan; v1.5 carries the last slice on there.
+    v1.6 labelled 42 mL of s0002's cerebellum at 1.15 times its size, its rim 9 % bone but 0.8 %
+    fat: the fat check discards it (model card, docs/evaluation/fat_rim/)."""
     image, _ = _variant(case, variant)
     ml, report = _labelled_ml(pipeline, image)
     assert ml < MAX_FALSE_ML, report["discarded_regions"]
 
 
 @pytest.mark.parametrize("variant", ["as scanned", "slice5mm", "pixel2.5mm", "oblique15", "from_kidney_middle",
-                                     "to_kidney_middle"])
+                                     "to_kidney_middle", "body0.85", "body1.15"])
 def test_the_unseen_non_contrast_scan_gets_both_kidneys(pipeline, variant):
     """totalseg_s0009 (unenhanced, 1.5 mm): the project's target is kidney Dice 0.85 where no network
     trained on it, and it must hold as a 5 mm or 2.5 mm-pixel scanner would have shown it too, and
     on slices tilted 15 degrees, and with a field of view that ends halfway down the kidneys (a pelvis or an upper-abdomen scan:
     v1.4 found one kidney of two there, Dice 0.52 / 0.54, its segmenter seeing air past the scan's
-    end; v1.5 0.91 / 0.90)."""
+    end; v1.5 0.91 / 0.90), and in a smaller or a larger patient (v1.6: 0.895, 0.919)."""
     import SimpleITK as sitk
 
     if "totalseg_s0009" in pipeline.bundle.header.get("provenance", {}).get("real_scans_seen", []):
