@@ -54,7 +54,8 @@ def synthetic_ct(
     seed: int = 0,
     direction=None,
 ) -> tuple[Volume, np.ndarray]:
-    """A CT in HU (int16) and its true labels: a body with subcutaneous fat, soft tissue, kidneys.
+    """A CT in HU (int16) and its true labels: a body with subcutaneous fat, soft tissue, kidneys
+    each in an 8 mm layer of perirenal fat (the pipeline discards a "kidney" with no fat around it).
 
     Physical centre at the origin; kidneys lie posterior, either side of the midline (LPS: +x is
     the patient's left); a tumour, if asked for, sits in the lateral half of that kidney.
@@ -73,6 +74,9 @@ def synthetic_ct(
     rng = np.random.default_rng(seed)
     ct = np.where(r <= 1.0, -100.0, -1000.0 if air else -100.0)  # subcutaneous fat (or fat everywhere)
     ct[r <= 0.8] = 40.0  # soft tissue
+    for side in kidneys:  # perirenal fat, 8 mm beyond each kidney's outline
+        cx = (1 if side == "left" else -1) * 0.45 * ax
+        ct[((x - cx) / 30.0) ** 2 + ((y - 0.3 * ay) / 26.0) ** 2 + (z / 38.0) ** 2 <= 1] = -100.0
     if lungs:
         for sx in (-1, 1):
             ct[((x - sx * 0.45 * ax) / (0.35 * ax)) ** 2 + (y / (0.6 * ay)) ** 2 <= 1] = -850.0
