@@ -104,6 +104,10 @@ class SegmenterConfig:
     # With the body's midline known, at most one kidney region per side, also when only two regions
     # are found (false: the per-side choice applies from three regions on). docs/evaluation/empty_fossa/.
     one_region_per_side: bool = False
+    # A kept region whose 5 mm rim is less fat than this share is discarded as not a kidney (0 = off;
+    # plausibility.py). Off in v1.6: on held-out phantoms it lost two kidneys displaced into the pelvis,
+    # where little fat lies around them. docs/evaluation/fat_rim/.
+    min_rim_fat: float = 0.0
     # What the segmenter's windows see past the scan's head or foot end: "air" (as scanners pad)
     # or "edge" (its end slices carried on along its own slice axis, tilted or not, so a kidney the
     # field of view cuts in half still has a body around it; resampling.resample_box's beyond_scan).
@@ -120,7 +124,7 @@ class SegmenterConfig:
             raise ValueError(f"context_gate_ml is a volume in mL, 0 or more, not {self.context_gate_ml!r}")
         if not 0 <= self.min_region_confidence < 1:
             raise ValueError(f"min_region_confidence is a probability in [0, 1), not {self.min_region_confidence!r}")
-        for name in ("weak_region_confidence", "weak_region_support"):
+        for name in ("weak_region_confidence", "weak_region_support", "min_rim_fat"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a share in [0, 1], not {getattr(self, name)!r}")
 
@@ -136,7 +140,8 @@ class SegmenterConfig:
 INFERENCE_SETTINGS = frozenset({"threshold", "kidney_threshold", "tumour_threshold", "mirror_x", "min_tumour_ml",
                                 "margin_mm", "min_component_ml", "overlap", "context_scale",
                                 "context_fusion", "context_gate_ml", "min_region_confidence", "beyond_scan",
-                                "weak_region_confidence", "weak_region_support", "one_region_per_side"})
+                                "weak_region_confidence", "weak_region_support", "one_region_per_side",
+                                "min_rim_fat"})
 # The inference settings that leave the segmenter's outputs for given boxes unchanged (they act on
 # the localisers' boxes or on the post-processing): a sweep over them can reuse those outputs.
 REUSABLE_SEGMENTER_SETTINGS = INFERENCE_SETTINGS - {"mirror_x", "overlap", "context_scale", "context_fusion",

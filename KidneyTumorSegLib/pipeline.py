@@ -243,12 +243,13 @@ class Pipeline:
         which is judged in turn."""
         cfg = postprocess.PostprocessConfig.from_model(self.config)
         midline, support = _x_index(found.midline_mm, canvas), self._localiser_support(found, canvas)
+        rules = plausibility.PlausibilityConfig(min_fat_fraction=self.config.segmenter.min_rim_fat)
         exclude, discarded = None, []
         while True:
             labels = postprocess.labels_from_probabilities(
                 probs[0], probs[1], canvas.voxel_volume_ml, cfg, midline, support, exclude)
             failed, more = plausibility.implausible_regions(labels, canvas.array, canvas.spacing,
-                                                            canvas.voxel_volume_ml)
+                                                            canvas.voxel_volume_ml, rules)
             if not more:
                 return labels, discarded
             discarded += more

@@ -68,6 +68,7 @@ def test_bundle_carries_the_settings_its_rules_adopted():
     assert post.one_per_side and post.weak_confidence == 0.0
     seg = config.segmenter
     assert (seg.beyond_scan, seg.context_fusion, seg.context_gate_ml) == ("edge", "split", 300.0)
+    assert seg.min_rim_fat == 0.0  # the fat check, off: it lost held-out pelvic kidneys (fat_rim/choice_rule.json)
 
 
 @pytest.mark.parametrize("spacing", [(2.0, 2.0, 4.0), (0.8, 0.8, 5.0)], ids=["2x2x4mm", "0.8x0.8x5mm"])

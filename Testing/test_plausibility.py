@@ -49,8 +49,9 @@ def test_a_kidney_in_fat_is_not_encased_and_one_inside_a_skull_is():
 
 
 def test_a_region_packed_in_soft_tissue_has_no_fat_around_it_and_is_found():
-    """Brain-like tissue all round (the cerebellum of a head scan) fails; a kidney with fat on only
-    a fifth of its rim, liver and muscle against the rest, passes; with the check off both pass."""
+    """With the check at 5 %, brain-like tissue all round (the cerebellum of a head scan) fails and a
+    kidney with fat on only a fifth of its rim, liver and muscle against the rest, passes; with the
+    check off (the default, and v1.6's) both pass."""
     hu, zz, yy, xx = _scene((20, 80, 120))
     labels = np.zeros(hu.shape, np.uint8)
     slab = (zz >= 4) & (zz < 16)
@@ -66,10 +67,10 @@ def test_a_region_packed_in_soft_tissue_has_no_fat_around_it_and_is_found():
     cfg = PlausibilityConfig()
     assert rim_composition(brain, hu, (1.0, 1.0, 1.0), cfg)["fat"] == 0.0
     assert 0.1 < rim_composition(kidney, hu, (1.0, 1.0, 1.0), cfg)["fat"] < 0.3
-    failed, found = implausible_regions(labels, hu, (1.0, 1.0, 1.0), 0.001)
+    failed, found = implausible_regions(labels, hu, (1.0, 1.0, 1.0), 0.001, PlausibilityConfig(min_fat_fraction=0.05))
     assert failed[brain].all() and not failed[kidney].any()
     assert [r["reason"] for r in found] == ["no_fat"] and found[0]["fat_rim_fraction"] == 0.0
-    failed, found = implausible_regions(labels, hu, (1.0, 1.0, 1.0), 0.001, PlausibilityConfig(min_fat_fraction=0.0))
+    failed, found = implausible_regions(labels, hu, (1.0, 1.0, 1.0), 0.001)  # off unless asked for
     assert found == [] and not failed.any()
 
 
@@ -151,7 +152,9 @@ def test_a_discarded_region_hands_its_side_to_the_next_best_region(surround):
     probs[0][kidney_r | kidney_l | encased] = 0.95
     canvas = Volume(hu, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))  # 2 mm voxels: kidneys of 15 mL
     found = KidneysFound(canvas, midline_mm=100.0, mask=(probs[0] > 0.5))  # the localiser agreed on all three
-    pipe = Pipeline(seeded_bundle(), device="cpu")
+    bundle = seeded_bundle()
+    bundle.config.segmenter.min_rim_fat = 0.05  # the fat check is a setting, off unless set
+    pipe = Pipeline(bundle, device="cpu")
     labels, discarded = pipe._labels_on_canvas(probs, canvas, found)
     np.testing.assert_array_equal(labels > 0, kidney_r | kidney_l)
     assert len(discarded) == 1 and discarded[0]["ml"] == pytest.approx(encased.sum() * 0.008, abs=0.05)

@@ -175,8 +175,9 @@ def test_the_empty_fossa_checks_are_inference_settings_off_in_older_bundles():
     from KidneyTumorSegLib.postprocess import PostprocessConfig
 
     data = ModelConfig.tiny().to_dict()
-    for key in ("weak_region_confidence", "weak_region_support", "one_region_per_side"):
+    for key in ("weak_region_confidence", "weak_region_support", "one_region_per_side", "min_rim_fat"):
         data["segmenter"].pop(key)
+    assert ModelConfig.from_dict(data).segmenter.min_rim_fat == 0.0  # the fat check, off
     old = PostprocessConfig.from_model(ModelConfig.from_dict(data))
     assert (old.weak_confidence, old.weak_support, old.one_per_side) == (0.0, 0.0, False)
     tuned = with_settings(ModelConfig.tiny(), ["segmenter.weak_region_confidence=0.8",
