@@ -77,11 +77,6 @@ def rim_composition(component: np.ndarray, hu: np.ndarray, spacing_xyz, config: 
     return {"bone": float((rim_hu > config.bone_hu).mean()), "fat": float(((rim_hu >= lo) & (rim_hu <= hi)).mean())}
 
 
-def bone_rim_fraction(component: np.ndarray, hu: np.ndarray, spacing_xyz, config: PlausibilityConfig) -> float:
-    """Share of the in-plane rim (``config.rim_mm`` around ``component``, in its own slices) that is bone."""
-    return rim_composition(component, hu, spacing_xyz, config)["bone"]
-
-
 def implausible_regions(labels: np.ndarray, hu: np.ndarray, spacing_xyz, voxel_ml: float,
                         config: PlausibilityConfig | None = None) -> tuple[np.ndarray, list[dict]]:
     """The kidney components of ``labels`` (0/1 kidney/2 tumour) that cannot be kidneys, as one

@@ -10,7 +10,6 @@ import pytest
 
 from KidneyTumorSegLib.plausibility import (
     PlausibilityConfig,
-    bone_rim_fraction,
     implausible_regions,
     rim_composition,
 )
@@ -81,7 +80,7 @@ def test_a_rib_or_vertebra_against_one_side_of_the_kidney_is_not_encasing():
     labels[kidney] = 1
     hu[kidney] = 150.0
     hu[_blob(yy, xx, 40, 57, 4)] = 700.0  # a rib touching the kidney's rim
-    share = bone_rim_fraction(kidney, hu, (1.0, 1.0, 1.0), PlausibilityConfig())
+    share = rim_composition(kidney, hu, (1.0, 1.0, 1.0), PlausibilityConfig())["bone"]
     assert 0.0 < share < 0.15
     encased, found = implausible_regions(labels, hu, (1.0, 1.0, 1.0), 0.001)
     assert not encased.any() and found == []
@@ -95,10 +94,10 @@ def test_the_rim_is_measured_in_millimetres_on_anisotropic_pixels():
     hu[brain] = 35.0
     hu[(xm >= 54) & (xm <= 60)] = 900.0  # a bone plate 4 mm beyond it, along x only
     spacing = (2.0, 1.0, 3.0)  # x, y, z
-    assert bone_rim_fraction(brain, hu, spacing, PlausibilityConfig(rim_mm=5.0)) > 0.0
-    assert bone_rim_fraction(brain, hu, spacing, PlausibilityConfig(rim_mm=3.0)) == 0.0
+    assert rim_composition(brain, hu, spacing, PlausibilityConfig(rim_mm=5.0))["bone"] > 0.0
+    assert rim_composition(brain, hu, spacing, PlausibilityConfig(rim_mm=3.0))["bone"] == 0.0
     # x and y spacing swapped, the plate would seem 2 mm away and reach into a 3 mm rim
-    assert bone_rim_fraction(brain, hu, (1.0, 2.0, 3.0), PlausibilityConfig(rim_mm=3.0)) > 0.0
+    assert rim_composition(brain, hu, (1.0, 2.0, 3.0), PlausibilityConfig(rim_mm=3.0))["bone"] > 0.0
 
 
 def test_a_contrast_filled_sinus_inside_the_kidney_is_not_rim():
@@ -106,7 +105,7 @@ def test_a_contrast_filled_sinus_inside_the_kidney_is_not_rim():
     kidney = _blob(yy, xx, 40, 40, 14) & ~_blob(yy, xx, 40, 44, 5) & (zz >= 2) & (zz < 18)  # a hollow sinus
     hu[kidney] = 150.0
     hu[_blob(yy, xx, 40, 44, 5)] = 900.0  # excretory-phase urine in the collecting system
-    assert bone_rim_fraction(kidney, hu, (1.0, 1.0, 1.0), PlausibilityConfig()) == 0.0
+    assert rim_composition(kidney, hu, (1.0, 1.0, 1.0), PlausibilityConfig())["bone"] == 0.0
 
 
 @pytest.mark.skipif(not (REAL / "ircadb1_1" / "labels.nii.gz").exists(), reason="real CTs not available")
