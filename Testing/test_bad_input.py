@@ -74,8 +74,8 @@ def synthetic_ct(
     rng = np.random.default_rng(seed)
     ct = np.where(r <= 1.0, -100.0, -1000.0 if air else -100.0)  # subcutaneous fat (or fat everywhere)
     ct[r <= 0.8] = 40.0  # soft tissue
-    for side in kidneys:  # perirenal fat, 8 mm beyond each kidney's outline
-        cx = (1 if side == "left" else -1) * 0.45 * ax
+    centre_x = {side: (1 if side == "left" else -1) * 0.45 * ax for side in kidneys}
+    for cx in centre_x.values():  # perirenal fat, 8 mm beyond each kidney's outline
         ct[((x - cx) / 30.0) ** 2 + ((y - 0.3 * ay) / 26.0) ** 2 + (z / 38.0) ** 2 <= 1] = -100.0
     if lungs:
         for sx in (-1, 1):
@@ -83,8 +83,7 @@ def synthetic_ct(
     if bone:
         ct[((x / 14.0) ** 2 + ((y - 0.6 * ay) / 14.0) ** 2) <= 1] = 700.0
     labels = np.zeros(shape_zyx, np.uint8)
-    for side in kidneys:
-        cx = (1 if side == "left" else -1) * 0.45 * ax
+    for side, cx in centre_x.items():
         kid = ((x - cx) / 22.0) ** 2 + ((y - 0.3 * ay) / 18.0) ** 2 + (z / 30.0) ** 2 <= 1
         labels[kid] = 1
         if tumour_side == side:
